@@ -1,0 +1,46 @@
+"""Dramatiq actors: thin entry points that open a connection and call the module that knows."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage
+
+from veza_worker import retention, webhooks
+from veza_worker.broker import resources
+
+MAX_RETRIES = 10
+MIN_BACKOFF_MS = 1_000
+MAX_BACKOFF_MS = 300_000
+# While Dramatiq holds a retry, the redrive keeps off the row: the longest backoff plus a margin.
+RETRY_WITHIN = timedelta(milliseconds=MAX_BACKOFF_MS) + timedelta(minutes=1)
+
+
+@dramatiq.actor(
+    queue_name="webhooks", max_retries=MAX_RETRIES, min_backoff=MIN_BACKOFF_MS, max_backoff=MAX_BACKOFF_MS
+)
+def process_webhook(log_id: int) -> None:
+    """Apply one stored delivery; running it twice changes nothing."""
+    with resources.pool.connection() as conn:
+        webhooks.process(conn, log_id, final_attempt=_final_attempt(), retry_within=RETRY_WITHIN)
+
+
+@dramatiq.actor(queue_name="sweeps", max_retries=0)
+def redrive_webhooks() -> None:
+    """Enqueue again the outbox rows no worker finished."""
+    with resources.pool.connection() as conn:
+        webhooks.redrive(conn, process_webhook.send)
+
+
+@dramatiq.actor(queue_name="sweeps", max_retries=0, time_limit=3_600_000)
+def cleanup_webhook_log() -> None:
+    """Daily retention of the audit log."""
+    days = resources.settings.webhook_log_retention_days
+    with resources.pool.connection() as conn:
+        retention.cleanup(conn, timedelta(days=days))
+
+
+def _final_attempt() -> bool:
+    message = CurrentMessage.get_current_message()
+    return message is None or message.options.get("retries", 0) >= MAX_RETRIES

@@ -1,0 +1,64 @@
+"""The Dramatiq broker, and the resources a worker process opens at boot.
+
+The only module that reads the environment at import: Dramatiq binds actors to the broker
+when their module is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import CurrentMessage, Middleware
+from psycopg_pool import ConnectionPool
+
+from veza_worker import db
+from veza_worker.settings import DEFAULT_REDIS_URL, Settings
+
+log = logging.getLogger(__name__)
+
+
+def make_broker(redis_url: str, *, middleware: list[Middleware] | None = None) -> RedisBroker:
+    """A Redis broker whose calls fail within seconds when Redis is down, instead of hanging."""
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=10)
+    return RedisBroker(client=client, middleware=middleware)  # type: ignore[no-untyped-call]
+
+
+class Resources(Middleware):
+    """Settings and a Postgres pool, opened when a worker process boots."""
+
+    def __init__(self) -> None:
+        self._settings: Settings | None = None
+        self._pool: ConnectionPool[db.Connection] | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = Settings.from_env()
+        return self._settings
+
+    @property
+    def pool(self) -> ConnectionPool[db.Connection]:
+        if self._pool is None:
+            raise RuntimeError("the worker's Postgres pool is not open: no worker has booted")
+        return self._pool
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        self._settings = Settings.from_env()
+        self._pool = db.make_pool(self._settings.database_url, max_size=worker.worker_threads + 1)
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        self._pool = self._settings = None
+
+
+resources = Resources()
+broker = make_broker(os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL)
+broker.add_middleware(CurrentMessage())
+broker.add_middleware(resources)
+dramatiq.set_broker(broker)

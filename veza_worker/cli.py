@@ -1,0 +1,89 @@
+"""`veza-worker`: JSON on stdout; exit 0 ok, 1 domain error (one line on stderr), 2 usage error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+from veza_worker import db, errors, retention, webhooks
+from veza_worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Command = Callable[[argparse.Namespace, Settings], Any]
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> Any:
+    return db.migrate(settings.database_url)
+
+
+def cmd_clock(args: argparse.Namespace, settings: Settings) -> Any:
+    from veza_worker import clock  # imports the broker: only the commands that enqueue need Redis
+
+    clock.run(settings)
+    return {"stopped": True}
+
+
+def cmd_redrive(args: argparse.Namespace, settings: Settings) -> Any:
+    from veza_worker import actors
+
+    with db.connect(settings.database_url) as conn:
+        return webhooks.redrive(conn, actors.process_webhook.send)
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> Any:
+    from veza_worker import actors
+
+    with db.connect(settings.database_url) as conn:
+        return webhooks.replay(conn, args.log_ids, actors.process_webhook.send, force=args.force)
+
+
+def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> Any:
+    with db.connect(settings.database_url) as conn:
+        return retention.cleanup(conn, timedelta(days=settings.webhook_log_retention_days))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="veza-worker", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Command, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(func=func)
+        return sub
+
+    add("migrate", cmd_migrate, "create the database if needed and apply pending migrations")
+    add("clock", cmd_clock, "run the scheduler that enqueues the periodic sweeps (blocks)")
+    add("redrive", cmd_redrive, "enqueue again webhook rows still queued after 2 minutes")
+    add("cleanup", cmd_cleanup, "one retention sweep of the webhook log now")
+    replay = add("replay", cmd_replay, "enqueue stored deliveries again")
+    replay.add_argument("log_ids", metavar="LOG_ID", type=int, nargs="+")
+    replay.add_argument("--force", action="store_true", help="apply again rows that already have a result")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # exits 2 on a usage error
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    try:
+        settings = Settings.from_env()
+        result = args.func(args, settings)
+    except errors.VezaError as exc:
+        print(f"veza-worker {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except psycopg.OperationalError as exc:
+        print(f"veza-worker {args.command}: database unavailable: {exc}".rstrip(), file=sys.stderr)
+        return 1
+    print(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Postgres: connections, the named-query loader and the migration runner."""
+
+from __future__ import annotations
+
+import logging
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, LiteralString, cast
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool
+
+log = logging.getLogger(__name__)
+
+Connection = psycopg.Connection[Any]
+
+_HEADER = re.compile(r"^-- (\w+) --\n(?:--.*\n)*", re.MULTILINE)  # name line + description lines
+_MIGRATION = re.compile(r"^(\d{4})_(\w+)\.sql$")
+# Any constant will do: it only has to be the same in every process that migrates.
+_MIGRATION_LOCK = 7_412_839_001
+
+
+def parse_queries(text: str) -> dict[str, LiteralString]:
+    """Split a .sql file of `-- name --` blocks into {name: statement}."""
+    _preamble, *parts = _HEADER.split(text)
+    # The .sql files are ours, so we vouch for each query as a literal string.
+    return {n: cast(LiteralString, q.strip()) for n, q in zip(parts[::2], parts[1::2], strict=True)}
+
+
+def load_queries(module: str) -> dict[str, LiteralString]:
+    """The queries of `veza_worker/<name>.sql`, for the module `veza_worker.<name>`."""
+    package, _, name = module.rpartition(".")
+    return parse_queries(resources.files(package).joinpath(f"{name}.sql").read_text("utf-8"))
+
+
+def connect(database_url: str, *, autocommit: bool = False) -> Connection:
+    return psycopg.connect(database_url, autocommit=autocommit, connect_timeout=5)
+
+
+def make_pool(database_url: str, *, max_size: int) -> ConnectionPool[Connection]:
+    """A pool for a worker process; a dead database fails a checkout within 5 s."""
+    return ConnectionPool(
+        database_url,
+        min_size=1,
+        max_size=max_size,
+        timeout=5,
+        kwargs={"connect_timeout": 5},
+        open=True,
+    )
+
+
+# -- migrations ---------------------------------------------------------------------------------
+
+
+def migrations_dir() -> Path:
+    """`migrations/` of the source tree, or its copy inside an installed wheel."""
+    packaged = Path(str(resources.files("veza_worker"))) / "_migrations"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "migrations"
+
+
+def migration_files(directory: Path) -> list[tuple[str, Path]]:
+    """(version, path) of every `NNNN_name.sql`, in order; a stray file name is an error."""
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _MIGRATION.match(path.name)
+        if match is None:
+            raise ValueError(f"migration file {path.name!r} does not match NNNN_name.sql")
+        found.append((match.group(1), path))
+    return found
+
+
+def migrate(database_url: str, directory: Path | None = None) -> dict[str, Any]:
+    """Create the database if needed, then apply pending migrations, each in its own transaction.
+
+    A session advisory lock serializes concurrent runs: the second waits, then finds nothing to do.
+    """
+    create_database(database_url)
+    files = migration_files(directory or migrations_dir())
+    with connect(database_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", [_MIGRATION_LOCK])
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version text PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            applied = [path.name for version, path in files if version not in done]
+            for version, path in files:
+                if version not in done:
+                    _apply(conn, version, path)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", [_MIGRATION_LOCK])
+    return {"applied": applied, "already_applied": len(files) - len(applied)}
+
+
+def _apply(conn: Connection, version: str, path: Path) -> None:
+    log.info("applying migration %s", path.name)
+    with conn.transaction():
+        conn.execute(path.read_text("utf-8"))  # our own file, trusted like a literal
+        conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", [version, path.name])
+
+
+def create_database(database_url: str) -> bool:
+    """CREATE DATABASE named by the URL unless it exists; True when this call created it."""
+    params = conninfo_to_dict(database_url)
+    name = str(params.get("dbname") or params.get("user") or "postgres")
+    admin_url = make_conninfo(database_url, dbname="postgres")
+    with connect(admin_url, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            return False
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+            return False  # a concurrent migrate created it first
+    log.info("created database %s", name)
+    return True

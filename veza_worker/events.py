@@ -1,0 +1,109 @@
+"""Hyperswitch webhook bodies: signatures and envelopes. Pure functions, no I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, overload
+
+SIGNATURE_HEADER = "x-webhook-signature-512"
+
+
+class BadDelivery(Exception):
+    """A signed body that can never be applied; its text becomes `error: <text>`."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One webhook, whatever envelope it came in: the event and the PSP object it is about."""
+
+    event_type: str
+    event_id: str | None
+    object_type: str | None  # content.type: payment_details, refund_details, ...
+    data: Mapping[str, Any]  # content.object: the object the REST API returns
+
+
+def sign(body: bytes, secret: str) -> str:
+    """Lowercase hex HMAC-SHA512 of the raw body, keyed by the secret's UTF-8 bytes."""
+    return hmac.new(secret.encode("utf-8"), body, hashlib.sha512).hexdigest()
+
+
+def matching_secret(body: bytes, signature: str | None, secrets: Sequence[str]) -> int | None:
+    """Position of the secret that signed `body`, or None. Every secret is compared, in constant time."""
+    if not signature:
+        return None
+    given = signature.strip().lower().encode("utf-8", "replace")
+    matches = [hmac.compare_digest(sign(body, secret).encode("ascii"), given) for secret in secrets]
+    return matches.index(True) if True in matches else None
+
+
+@overload
+def storable(value: str) -> str: ...
+@overload
+def storable(value: None) -> None: ...
+def storable(value: str | None) -> str | None:
+    """Text Postgres can hold: NUL and unpaired surrogates replaced, never rejected."""
+    if value is None:
+        return None
+    return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
+def decode_body(body: bytes) -> tuple[str, bytes | None]:
+    """The body as storable text, plus the exact bytes when the text is not them."""
+    text = storable(body.decode("utf-8", "replace"))
+    return text, (None if text.encode("utf-8") == body else body)
+
+
+def loads(body: bytes | str) -> Any:
+    """json.loads that fails with ValueError only, whatever the input's size or depth."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ValueError(str(exc)) from exc
+
+
+def peek(body: bytes) -> tuple[str | None, str | None]:
+    """(event_type, event_id) for the audit row, best effort: None when absent or not JSON."""
+    try:
+        document = loads(body)
+    except ValueError:
+        return None, None
+    if not isinstance(document, dict):
+        return None, None
+    return _text(document.get("event_type")), _text(document.get("event_id"))
+
+
+def parse(body: bytes | str) -> Event:
+    """The Event in a body of any accepted shape, or BadDelivery saying why not.
+
+    Shapes: Hyperswitch's `{event_type, content: {type, object}}`, `{event_type, object}`, and
+    flat, where the object's fields sit at the top level beside `event_type`.
+    """
+    try:
+        document = loads(body)
+    except ValueError as exc:
+        raise BadDelivery("invalid json") from exc
+    if not isinstance(document, dict):
+        raise BadDelivery("invalid envelope: not a JSON object")
+    event_type = _text(document.get("event_type"))
+    if event_type is None:
+        raise BadDelivery("missing event_type")
+    object_type, data = _object_of(document)
+    return Event(event_type, _text(document.get("event_id")), object_type, data)
+
+
+def _object_of(document: dict[str, Any]) -> tuple[str | None, Mapping[str, Any]]:
+    content = document.get("content")
+    if isinstance(content, dict) and isinstance(content.get("object"), dict):
+        return _text(content.get("type")), content["object"]
+    if isinstance(document.get("object"), dict):
+        return _text(document.get("type")), document["object"]
+    return None, document
+
+
+def _text(value: Any) -> str | None:
+    """A non-empty JSON string made storable; anything else is None."""
+    return storable(value) if isinstance(value, str) and value else None

@@ -1,0 +1,37 @@
+"""The retention sweep: old audit rows go, in small batches, never in one long lock."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+
+from veza_worker import db
+
+log = logging.getLogger(__name__)
+QUERIES = db.load_queries(__name__)
+
+BATCH_SIZE = 10_000
+PAUSE_SECONDS = 0.1
+
+
+def cleanup(
+    conn: db.Connection, retention: timedelta, *, batch_size: int = BATCH_SIZE, pause: float = PAUSE_SECONDS
+) -> dict[str, int]:
+    """Delete log rows older than `retention`, one short transaction per batch, pausing between.
+
+    Rows still `queued` or ended in `error…` need a human first and are kept whatever their age.
+    """
+    deleted = batches = 0
+    while True:
+        with conn.transaction():
+            count = conn.execute(
+                QUERIES["delete_expired"], {"older_than": retention, "limit": batch_size}
+            ).rowcount
+        deleted += count
+        batches += 1
+        if count < batch_size:
+            break
+        time.sleep(pause)
+    log.info("retention deleted %d webhook log rows in %d batches", deleted, batches)
+    return {"deleted": deleted, "batches": batches}

@@ -1,0 +1,225 @@
+"""The audit log as outbox: record a delivery, apply it exactly once, redrive and replay it."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import class_row
+
+from veza_worker import db, errors, events
+
+log = logging.getLogger(__name__)
+QUERIES = db.load_queries(__name__)
+
+REDRIVE_AFTER = timedelta(minutes=2)
+REDRIVE_BATCH = 1_000
+_MAX_RESULT_CHARS = 500
+
+Handler = Callable[[db.Connection, events.Event], str]
+Enqueue = Callable[[int], Any]
+
+# event_type → the handler that applies it and returns the final processing_result.
+# Types with no entry end `skipped: unhandled <type>`.
+HANDLERS: dict[str, Handler] = {}
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One POST as the audit row stores it: every field already storable."""
+
+    payload: str
+    payload_raw: bytes | None
+    signature_valid: bool
+    signature_key_index: int | None
+    processing_result: str
+    source_ip: str | None
+    user_agent: str | None
+    request_id: str
+    event_type: str | None
+    event_id: str | None
+
+
+@dataclass(frozen=True)
+class LogRow:
+    id: int
+    payload: str
+    payload_raw: bytes | None
+    signature_valid: bool
+    processing_result: str
+    event_id: str | None
+
+    @property
+    def body(self) -> bytes:
+        """The exact bytes that were signed."""
+        return self.payload_raw if self.payload_raw is not None else self.payload.encode("utf-8")
+
+
+def delivery(
+    body: bytes, headers: Mapping[str, str], source_ip: str | None, secrets: tuple[str, ...]
+) -> Delivery:
+    """Everything the receiver stores about one POST; `headers` are latin-1 decoded, as ASGI gives them."""
+    payload, payload_raw = events.decode_body(body)
+    key_index = events.matching_secret(body, headers.get(events.SIGNATURE_HEADER), secrets)
+    event_type, event_id = events.peek(body)
+    return Delivery(
+        payload=payload,
+        payload_raw=payload_raw,
+        signature_valid=key_index is not None,
+        signature_key_index=key_index,
+        processing_result="queued" if key_index is not None else "signature_invalid",
+        source_ip=_header_text(source_ip),
+        user_agent=_header_text(headers.get("user-agent")),
+        request_id=_header_text(headers.get("x-request-id")) or str(uuid.uuid4()),
+        event_type=event_type,
+        event_id=event_id,
+    )
+
+
+def _header_text(value: str | None) -> str | None:
+    """A header as text: UTF-8 recovered from ASGI's latin-1 where it was UTF-8, replaced where not."""
+    if not value:
+        return None
+    return events.storable(value.encode("latin-1", "replace").decode("utf-8", "replace"))
+
+
+async def insert_log(conn: psycopg.AsyncConnection[Any], record: Delivery) -> int:
+    cur = await conn.execute(QUERIES["insert_log"], asdict(record))
+    row = await cur.fetchone()
+    assert row is not None  # INSERT ... RETURNING always returns its row
+    return int(row[0])
+
+
+def insert_log_sync(conn: db.Connection, record: Delivery) -> int:
+    row = conn.execute(QUERIES["insert_log"], asdict(record)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# -- applying a delivery --------------------------------------------------------------------------
+
+
+def process(conn: db.Connection, log_id: int, *, final_attempt: bool, retry_within: timedelta) -> str | None:
+    """Apply one stored delivery and write its final processing_result; running it twice changes nothing.
+
+    A handler that raises rolls back everything it did. The failure is counted on the row and
+    re-raised for Dramatiq to retry, except on the final attempt, where the row ends `error: ...`.
+    """
+    try:
+        with conn.transaction():
+            return _apply(conn, log_id)
+    except Exception as exc:
+        reason = _clip(f"{type(exc).__name__}: {exc}")
+        with conn.transaction():
+            conn.execute(
+                QUERIES["record_failure"], {"log_id": log_id, "error": reason, "retry_within": retry_within}
+            )
+            if final_attempt:
+                finish(conn, log_id, f"error: {reason}")
+        if not final_attempt:
+            raise
+        log.error("webhook log_id=%s failed for good: %s", log_id, reason)
+        return f"error: {reason}"
+
+
+def _apply(conn: db.Connection, log_id: int) -> str | None:
+    row = lock_log(conn, log_id)
+    if row is None:
+        log.warning("webhook log_id=%s not found (deleted?)", log_id)
+        return None
+    if not row.signature_valid or row.processing_result != "queued":
+        return row.processing_result  # already final: a replayed message is a no-op
+    result = _clip(_outcome(conn, row))
+    finish(conn, log_id, result)
+    log.info("webhook log_id=%s result=%r", log_id, result)
+    return result
+
+
+def _outcome(conn: db.Connection, row: LogRow) -> str:
+    try:
+        event = events.parse(row.body)
+    except events.BadDelivery as exc:
+        return f"error: {exc}"
+    if row.event_id is not None:
+        conn.execute(QUERIES["lock_event"], {"event_id": row.event_id})
+        if event_already_applied(conn, row.event_id, row.id):
+            return "skipped: duplicate event"
+    handler = HANDLERS.get(event.event_type)
+    if handler is None:
+        return f"skipped: unhandled {event.event_type}"
+    return handler(conn, event)
+
+
+def lock_log(conn: db.Connection, log_id: int) -> LogRow | None:
+    with conn.cursor(row_factory=class_row(LogRow)) as cur:
+        return cur.execute(QUERIES["lock_log"], {"log_id": log_id}).fetchone()
+
+
+def event_already_applied(conn: db.Connection, event_id: str, log_id: int) -> bool:
+    row = conn.execute(QUERIES["event_already_applied"], {"event_id": event_id, "log_id": log_id}).fetchone()
+    return bool(row and row[0])
+
+
+def finish(conn: db.Connection, log_id: int, result: str) -> None:
+    conn.execute(QUERIES["finish_log"], {"log_id": log_id, "result": result})
+
+
+def _clip(result: str) -> str:
+    return events.storable(result[:_MAX_RESULT_CHARS])
+
+
+# -- redrive and replay ---------------------------------------------------------------------------
+
+
+def redrive(
+    conn: db.Connection,
+    enqueue: Enqueue,
+    *,
+    older_than: timedelta = REDRIVE_AFTER,
+    limit: int = REDRIVE_BATCH,
+) -> dict[str, int]:
+    """Enqueue again every outbox row still `queued` after `older_than` (a lost send, a dead worker)."""
+    with conn.transaction():
+        rows = conn.execute(QUERIES["claim_stuck"], {"older_than": older_than, "limit": limit}).fetchall()
+    for (log_id,) in rows:
+        enqueue(log_id)
+    if rows:
+        log.warning("redrive enqueued %d stuck webhook rows, oldest log_id=%s", len(rows), rows[0][0])
+    return {"redriven": len(rows)}
+
+
+def replay(conn: db.Connection, log_ids: list[int], enqueue: Enqueue, *, force: bool) -> dict[str, Any]:
+    """Enqueue stored deliveries again. A processed row keeps its result unless `force`.
+
+    Every id must exist, or nothing is enqueued. A row whose signature was invalid is never applied.
+    """
+    with conn.transaction():
+        rows = {r[0]: r for r in conn.execute(QUERIES["find_logs"], {"ids": log_ids}).fetchall()}
+        missing = [i for i in log_ids if i not in rows]
+        if missing:
+            raise errors.NotFound(f"webhook log rows not found: {', '.join(map(str, missing))}")
+        outcome = {i: _replay_action(conn, rows[i][1], rows[i][2], i, force) for i in dict.fromkeys(log_ids)}
+    for log_id, action in outcome.items():
+        if action == "enqueued":
+            enqueue(log_id)
+    counts = {action: sum(1 for a in outcome.values() if a == action) for action in _REPLAY_ACTIONS}
+    return {**counts, "rows": {str(i): a for i, a in outcome.items()}}
+
+
+_REPLAY_ACTIONS = ("enqueued", "unchanged", "refused")
+
+
+def _replay_action(conn: db.Connection, signature_valid: bool, result: str, log_id: int, force: bool) -> str:
+    if not signature_valid:
+        return "refused"
+    if result == "queued":
+        return "enqueued"
+    if not force:
+        return "unchanged"
+    conn.execute(QUERIES["requeue_log"], {"log_id": log_id})
+    return "enqueued"
