@@ -129,7 +129,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield
         finally:
             await pool.close()
-            broker.close()
+            broker.client.close()
 
     routes = [
         Route("/webhooks/hyperswitch", hyperswitch_webhook, methods=["POST"]),

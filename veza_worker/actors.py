@@ -42,5 +42,9 @@ def cleanup_webhook_log() -> None:
 
 
 def _final_attempt() -> bool:
+    """True when Dramatiq will not retry the current message if it fails."""
     message = CurrentMessage.get_current_message()
-    return message is None or message.options.get("retries", 0) >= MAX_RETRIES
+    if message is None:  # called directly, not by a worker
+        return True
+    max_retries = message.options.get("max_retries", MAX_RETRIES)
+    return bool(message.options.get("retries", 0) >= max_retries)

@@ -1,0 +1,8 @@
+"""The tests' Redis database, set before any test module imports veza_worker.broker,
+which binds the actors to REDIS_URL at import."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["REDIS_URL"] = os.environ.get("VEZA_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

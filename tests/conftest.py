@@ -1,0 +1,94 @@
+"""Fixtures: a throwaway database per test, a flushed Redis broker, a real worker and uvicorn."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from receiver.app import create_app
+from tests.support import OLD_SECRET, SECRET, TEST_REDIS_URL, ServerThread
+from veza_worker import db
+from veza_worker.broker import broker as global_broker
+from veza_worker.settings import Settings
+
+SERVER_URL = os.environ.get("VEZA_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def admin(query: str, *names: str) -> None:
+    """Run a CREATE/DROP DATABASE on the server, names quoted as identifiers."""
+    statement = sql.SQL(query).format(*map(sql.Identifier, names))  # type: ignore[arg-type]
+    with psycopg.connect(SERVER_URL, autocommit=True) as conn:
+        conn.execute(statement)
+
+
+def url_for(name: str) -> str:
+    return make_conninfo(SERVER_URL, dbname=name)
+
+
+@pytest.fixture(scope="session")
+def template_db() -> Iterator[str]:
+    name = f"veza_tpl_{uuid.uuid4().hex[:12]}"
+    db.migrate(url_for(name))  # the migration runner builds the template, so every test exercises it
+    yield name
+    admin("DROP DATABASE {} WITH (FORCE)", name)
+
+
+@pytest.fixture
+def database_url(template_db: str) -> Iterator[str]:
+    name = f"veza_test_{uuid.uuid4().hex[:12]}"
+    admin("CREATE DATABASE {} TEMPLATE {}", name, template_db)
+    yield url_for(name)
+    admin("DROP DATABASE {} WITH (FORCE)", name)
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection for arranging rows and asserting on them."""
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, redis_url=TEST_REDIS_URL, webhook_secrets=(SECRET, OLD_SECRET))
+
+
+@pytest.fixture(scope="session")
+def redis_connections() -> Iterator[None]:
+    yield
+    global_broker.client.close()  # the pool's sockets, before the interpreter reports them unclosed
+
+
+@pytest.fixture
+def broker(redis_connections: None) -> Iterator[dramatiq.Broker]:
+    global_broker.flush_all()
+    yield global_broker
+    global_broker.flush_all()
+
+
+@pytest.fixture
+def worker(
+    broker: dramatiq.Broker, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dramatiq.Worker]:
+    """A real Dramatiq worker on the Redis broker, in this process, against this test's database."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("REDIS_URL", TEST_REDIS_URL)
+    started = dramatiq.Worker(broker, worker_threads=4, worker_timeout=50)
+    started.start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def receiver(settings: Settings) -> Iterator[str]:
+    """The receiver's base URL, served by a real uvicorn."""
+    with ServerThread(create_app(settings)) as server:
+        yield server.url

@@ -1,0 +1,86 @@
+"""Helpers shared by the tests: constants, a threaded uvicorn, signed posts, row reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import httpx
+import psycopg
+import uvicorn
+from psycopg.rows import dict_row
+
+from veza_worker import actors, events
+
+TEST_REDIS_URL = os.environ["REDIS_URL"]  # set by tests/__init__.py
+SAMPLES = Path(__file__).resolve().parent / "hyperswitch" / "samples"  # copied from shared/hyperswitch
+VECTOR = json.loads((SAMPLES / "signature_vector.json").read_text())
+SECRET = VECTOR["payment_response_hash_key"]
+OLD_SECRET = "hsk_retiring_0000000000000000000000000000000000000000000000"
+
+
+def join(broker: dramatiq.Broker, timeout_ms: int = 20_000) -> None:
+    """Wait until every webhook message, delayed retries included, has been processed."""
+    broker.join(actors.process_webhook.queue_name, timeout=timeout_ms)  # type: ignore[attr-defined]
+
+
+class ServerThread:
+    """uvicorn serving an app on a free loopback port, in a thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        config = uvicorn.Config(app, log_level="info", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def post_webhook(
+    base_url: str, body: bytes, *, secret: str | None = SECRET, **headers: str
+) -> httpx.Response:
+    """POST a body signed with `secret` (unsigned when None), as Hyperswitch does."""
+    all_headers = {"content-type": "application/json", **headers}
+    if secret is not None:
+        all_headers.setdefault("x-webhook-signature-512", events.sign(body, secret))
+    return httpx.post(f"{base_url}/webhooks/hyperswitch", content=body, headers=all_headers, timeout=30)
+
+
+def log_rows(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute("SELECT * FROM hyperswitch_webhook_log ORDER BY id").fetchall()
+
+
+def envelope(event_type: str = "payment_processing", event_id: str | None = None, **obj: Any) -> bytes:
+    """A Hyperswitch-shaped body with a fresh event_id unless given."""
+    document = {
+        "merchant_id": "merchant_1751234567",
+        "event_id": event_id or f"evt_{uuid.uuid4().hex}",
+        "event_type": event_type,
+        "content": {
+            "type": "payment_details",
+            "object": {"payment_id": "pay_x", "status": "processing", **obj},
+        },
+        "timestamp": "2026-03-14T10:21:07.442Z",
+    }
+    return json.dumps(document).encode()

@@ -1,0 +1,217 @@
+"""Worker intake: a signed POST → row → Redis → a real Dramatiq worker → one final processing_result."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import psycopg
+import pytest
+
+from tests.support import SAMPLES, SECRET, envelope, join, log_rows, post_webhook
+from veza_worker import actors, events, webhooks
+
+
+@pytest.mark.parametrize("sample", ["payment_succeeded.json", "refund_succeeded.json"])
+def test_each_shared_sample_reaches_a_final_result_through_a_real_worker(
+    receiver: str,
+    conn: psycopg.Connection[Any],
+    broker: dramatiq.Broker,
+    worker: dramatiq.Worker,
+    sample: str,
+) -> None:
+    body = (SAMPLES / sample).read_bytes()
+    event_type = json.loads(body)["event_type"]
+
+    response = post_webhook(receiver, body)
+    join(broker)
+
+    assert response.status_code == 200
+    [row] = log_rows(conn)
+    assert row["id"] == response.json()["log_id"]
+    assert row["processing_result"] in {"ok", f"skipped: unhandled {event_type}"} or row[
+        "processing_result"
+    ].startswith("skipped: unknown")
+    assert row["processed_at"] is not None and row["attempts"] == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "result"),
+    [
+        (b"{not json", "error: invalid json"),
+        (b'["a", "list"]', "error: invalid envelope: not a JSON object"),
+        (b'{"content": {}}', "error: missing event_type"),
+        (envelope("dispute_opened"), "skipped: unhandled dispute_opened"),
+        (envelope("mandate_active"), "skipped: unhandled mandate_active"),
+    ],
+    ids=["malformed", "not-an-object", "no-event-type", "dispute", "mandate"],
+)
+def test_bodies_that_cannot_be_applied_end_with_a_final_result_and_no_retry(
+    receiver: str,
+    conn: psycopg.Connection[Any],
+    broker: dramatiq.Broker,
+    worker: dramatiq.Worker,
+    body: bytes,
+    result: str,
+) -> None:
+    post_webhook(receiver, body)
+    join(broker)
+
+    [row] = log_rows(conn)
+    assert row["processing_result"] == result
+    assert row["attempts"] == 0  # a final answer, not a failure
+
+
+def test_the_three_envelope_shapes_name_the_same_object() -> None:
+    obj = {"payment_id": "pay_1", "status": "succeeded", "amount": 100}
+    shapes = [
+        {"event_type": "payment_succeeded", "content": {"type": "payment_details", "object": obj}},
+        {"event_type": "payment_succeeded", "object": obj},
+        {"event_type": "payment_succeeded", **obj},
+    ]
+    parsed = [events.parse(json.dumps(shape).encode()) for shape in shapes]
+    assert {(e.event_type, e.data["payment_id"], e.data["amount"]) for e in parsed} == {
+        ("payment_succeeded", "pay_1", 100)
+    }
+    assert parsed[0].object_type == "payment_details"
+
+
+def store_signed(conn: psycopg.Connection[Any], body: bytes) -> int:
+    """The row the receiver would write for a correctly signed body, without enqueuing it."""
+    headers = {events.SIGNATURE_HEADER: events.sign(body, SECRET)}
+    return webhooks.insert_log_sync(conn, webhooks.delivery(body, headers, "127.0.0.1", (SECRET,)))
+
+
+@pytest.fixture
+def counting_handler(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """A handler for `test_event` that records each event it applies, inside the delivery's transaction."""
+    applied: list[str] = []
+
+    def handle(conn: psycopg.Connection[Any], event: events.Event) -> str:
+        conn.execute("SELECT pg_sleep(0.2)")  # widen the race window
+        applied.append(str(event.event_id))
+        return "ok"
+
+    monkeypatch.setitem(webhooks.HANDLERS, "test_event", handle)
+    yield applied
+
+
+def test_one_event_delivered_three_times_is_applied_once(
+    receiver: str,
+    conn: psycopg.Connection[Any],
+    broker: dramatiq.Broker,
+    worker: dramatiq.Worker,
+    counting_handler: list[str],
+) -> None:
+    body = envelope("test_event", "evt_once")
+    for _ in range(3):
+        assert post_webhook(receiver, body).status_code == 200
+        join(broker)
+
+    assert [r["processing_result"] for r in log_rows(conn)] == [
+        "ok",
+        "skipped: duplicate event",
+        "skipped: duplicate event",
+    ]
+    assert counting_handler == ["evt_once"]
+
+
+def test_three_copies_processed_at_the_same_time_are_applied_once(
+    receiver: str,
+    conn: psycopg.Connection[Any],
+    broker: dramatiq.Broker,
+    worker: dramatiq.Worker,
+    counting_handler: list[str],
+) -> None:
+    worker.pause()  # let all three messages queue up, then release them to four threads at once
+    body = envelope("test_event", "evt_race")
+    for _ in range(3):
+        assert post_webhook(receiver, body).status_code == 200
+    worker.resume()
+    join(broker)
+
+    results = sorted(r["processing_result"] for r in log_rows(conn))
+    assert results == ["ok", "skipped: duplicate event", "skipped: duplicate event"]
+    assert counting_handler == ["evt_race"]
+
+
+def test_the_same_message_consumed_twice_at_once_is_applied_once(
+    receiver: str, database_url: str, conn: psycopg.Connection[Any], counting_handler: list[str]
+) -> None:
+    """Redis delivers at least once: two workers may hold one message. The row lock settles it."""
+    log_id = post_webhook(receiver, envelope("test_event", "evt_twice")).json()["log_id"]
+    results: list[str | None] = []
+
+    def run() -> None:
+        with psycopg.connect(database_url) as worker_conn:
+            results.append(
+                webhooks.process(worker_conn, log_id, final_attempt=False, retry_within=actors.RETRY_WITHIN)
+            )
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert results == ["ok", "ok"]  # the second found the row final and changed nothing
+    assert counting_handler == ["evt_twice"]
+    assert log_rows(conn)[0]["processing_result"] == "ok"
+
+
+def test_a_failing_handler_is_retried_then_the_row_ends_in_error(
+    receiver: str,
+    conn: psycopg.Connection[Any],
+    broker: dramatiq.Broker,
+    worker: dramatiq.Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+
+    def broken(conn: psycopg.Connection[Any], event: events.Event) -> str:
+        conn.execute(
+            "INSERT INTO subscription_plans (name, amount, currency, interval)"
+            " VALUES ('x', 1, 'EUR', 'month')"
+        )
+        calls.append(1)
+        raise RuntimeError("ledger unavailable")
+
+    monkeypatch.setitem(webhooks.HANDLERS, "test_event", broken)
+    row_id = store_signed(conn, envelope("test_event"))
+    actors.process_webhook.send_with_options(args=(row_id,), max_retries=2, min_backoff=10, max_backoff=50)
+    join(broker)
+
+    [row] = log_rows(conn)
+    assert len(calls) == 3  # the first run and two retries
+    assert row["processing_result"] == "error: RuntimeError: ledger unavailable"
+    assert row["attempts"] == 3 and row["last_error"] == "RuntimeError: ledger unavailable"
+    assert row["redrive_after"] is None and row["processed_at"] is not None
+    # every attempt rolled back what the handler wrote
+    assert conn.execute("SELECT count(*) FROM subscription_plans").fetchone() == (0,)
+
+
+def test_a_handler_that_fails_once_succeeds_on_retry(
+    receiver: str,
+    conn: psycopg.Connection[Any],
+    broker: dramatiq.Broker,
+    worker: dramatiq.Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+
+    def flaky(conn: psycopg.Connection[Any], event: events.Event) -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("blip")
+        return "ok"
+
+    monkeypatch.setitem(webhooks.HANDLERS, "test_event", flaky)
+    post_webhook(receiver, envelope("test_event"))
+    join(broker)
+
+    [row] = log_rows(conn)
+    assert row["processing_result"] == "ok" and row["attempts"] == 1
+    assert row["last_error"] == "ConnectionError: blip"
