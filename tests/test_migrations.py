@@ -1,0 +1,72 @@
+"""The migration runner: creates the database, applies in order, is a no-op twice, serializes racers."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import admin, url_for
+from veza_worker import db
+
+
+@pytest.fixture
+def fresh_url() -> Iterator[str]:
+    name = f"veza_mig_{uuid.uuid4().hex[:12]}"
+    yield url_for(name)
+    admin("DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
+
+
+def test_migrate_creates_the_database_and_twice_is_a_no_op(fresh_url: str) -> None:
+    first = db.migrate(fresh_url)
+    second = db.migrate(fresh_url)
+
+    assert first == {"applied": ["0001_schema.sql"], "already_applied": 0}
+    assert second == {"applied": [], "already_applied": 1}
+    with psycopg.connect(fresh_url) as conn:
+        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [("0001",)]
+
+
+def test_two_concurrent_migrations_do_not_collide(fresh_url: str) -> None:
+    outcomes: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcomes.append(db.migrate(fresh_url))
+        except Exception as exc:  # collected, so the assertion below shows it
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(len(o["applied"]) for o in outcomes) == [0, 0, 1], outcomes
+
+
+def test_a_failing_migration_rolls_back_alone_and_is_retried_next_time(
+    fresh_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "0001_ok.sql").write_text("CREATE TABLE a (id int);")
+    (tmp_path / "0002_broken.sql").write_text("CREATE TABLE b (id int); SELECT * FROM no_such_table;")
+
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        db.migrate(fresh_url, tmp_path)
+
+    with psycopg.connect(fresh_url) as conn:
+        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [("0001",)]
+        assert conn.execute("SELECT to_regclass('b')").fetchone() == (None,)
+    (tmp_path / "0002_broken.sql").write_text("CREATE TABLE b (id int);")
+    assert db.migrate(fresh_url, tmp_path)["applied"] == ["0002_broken.sql"]
+
+
+def test_a_stray_file_name_in_migrations_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "add_table.sql").write_text("SELECT 1;")
+    with pytest.raises(ValueError, match=r"NNNN_name\.sql"):
+        db.migration_files(tmp_path)
