@@ -24,7 +24,7 @@ SERVER_URL = os.environ.get("VEZA_TEST_POSTGRES_URL", "postgresql://postgres@127
 
 def admin(query: str, *names: str) -> None:
     """Run a CREATE/DROP DATABASE on the server, names quoted as identifiers."""
-    statement = sql.SQL(query).format(*map(sql.Identifier, names))  # type: ignore[arg-type]
+    statement = sql.SQL(query).format(*map(sql.Identifier, names))
     with psycopg.connect(SERVER_URL, autocommit=True) as conn:
         conn.execute(statement)
 

@@ -28,7 +28,7 @@ OLD_SECRET = "hsk_retiring_0000000000000000000000000000000000000000000000"
 
 def join(broker: dramatiq.Broker, timeout_ms: int = 20_000) -> None:
     """Wait until every webhook message, delayed retries included, has been processed."""
-    broker.join(actors.process_webhook.queue_name, timeout=timeout_ms)  # type: ignore[attr-defined]
+    broker.join(actors.process_webhook.queue_name, timeout=timeout_ms)
 
 
 class ServerThread:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 from datetime import timedelta
 from types import FrameType
 from typing import Any
 
-from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -41,14 +42,17 @@ def _daily(scale: float) -> Any:
 
 
 def run(settings: Settings) -> None:
-    """Block until SIGTERM or SIGINT, then stop cleanly."""
-    scheduler = BlockingScheduler(timezone="UTC")
-    schedule(scheduler, settings)
+    """Block until SIGTERM or SIGINT, then stop cleanly, whenever the signal arrives."""
+    stopping = threading.Event()
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.info("clock stopping on signal %d", signum)
-        scheduler.shutdown(wait=False)
+        stopping.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    scheduler = BackgroundScheduler(timezone="UTC")
+    schedule(scheduler, settings)
     scheduler.start()
+    stopping.wait()
+    scheduler.shutdown(wait=True)

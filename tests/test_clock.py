@@ -1,0 +1,99 @@
+"""The clock only enqueues; two clocks never make a row processed twice; SIGTERM stops it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import psycopg
+import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from tests.support import SECRET, envelope
+from veza_worker import clock, events, webhooks
+from veza_worker.settings import Settings
+
+
+def queued_actor_names(broker: dramatiq.Broker, queue: str) -> list[str]:
+    raw = broker.client.hvals(f"dramatiq:{queue}.msgs")  # type: ignore[attr-defined]
+    return sorted(dramatiq.Message.decode(data).actor_name for data in raw)
+
+
+@pytest.fixture
+def fast_clocks(settings: Settings) -> Iterator[list[Any]]:
+    """Clocks whose minute is 50 ms (the floor) and whose day is 86 ms; the test starts them."""
+    schedulers: list[Any] = []
+    yield schedulers
+    for scheduler in schedulers:
+        scheduler.shutdown(wait=True)
+
+
+def start_fast_clock(settings: Settings, schedulers: list[Any]) -> None:
+    scheduler = BackgroundScheduler(timezone="UTC")
+    clock.schedule(scheduler, settings, scale=1e-6)
+    scheduler.start()
+    schedulers.append(scheduler)
+
+
+def test_the_clock_enqueues_redrive_and_retention_and_nothing_else(
+    settings: Settings, broker: dramatiq.Broker, fast_clocks: list[Any]
+) -> None:
+    start_fast_clock(settings, fast_clocks)
+    time.sleep(0.6)
+    fast_clocks.pop().shutdown(wait=True)
+
+    names = queued_actor_names(broker, "sweeps")
+    assert set(names) == {"redrive_webhooks", "cleanup_webhook_log"}
+    assert names.count("redrive_webhooks") >= 3
+    assert queued_actor_names(broker, "webhooks") == []  # the clock itself does no work
+
+
+def test_two_clocks_still_enqueue_each_stuck_row_once(
+    settings: Settings,
+    conn: psycopg.Connection[Any],
+    broker: dramatiq.Broker,
+    fast_clocks: list[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for _ in range(30):
+        body = envelope()
+        headers = {events.SIGNATURE_HEADER: events.sign(body, SECRET)}
+        webhooks.insert_log_sync(conn, webhooks.delivery(body, headers, None, (SECRET,)))
+    conn.execute("UPDATE hyperswitch_webhook_log SET received_at = now() - interval '5 minutes'")
+    start_fast_clock(settings, fast_clocks)
+    start_fast_clock(settings, fast_clocks)
+    time.sleep(0.5)
+    assert queued_actor_names(broker, "sweeps").count("redrive_webhooks") >= 6  # both clocks fired
+
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    sweeper = dramatiq.Worker(broker, queues={"sweeps"}, worker_threads=4, worker_timeout=50)
+    sweeper.start()  # every redrive message of both clocks runs, four at a time
+    try:
+        time.sleep(0.5)
+        broker.join("sweeps", timeout=20_000)
+    finally:
+        sweeper.stop()
+
+    assert len(queued_actor_names(broker, "webhooks")) == 30
+
+
+def test_the_clock_process_stops_cleanly_on_sigterm(database_url: str) -> None:
+    env = {**os.environ, "DATABASE_URL": database_url}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "veza_worker.cli", "clock"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stderr is not None
+    started = time.monotonic()
+    while "clock scheduled retention" not in process.stderr.readline():
+        assert time.monotonic() - started < 20 and process.poll() is None
+    process.send_signal(signal.SIGTERM)
+
+    assert process.wait(timeout=10) == 0
+    assert "clock stopping on signal 15" in process.stderr.read()
+    process.stderr.close()
