@@ -1,0 +1,38 @@
+# make run   — install, migrate, and run web + worker + clock against the local Postgres and Redis
+# make test  — install and run the test suite (real Postgres and Redis)
+# make check — format check, lint, types, then the tests (what CI runs)
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTHON ?= python3
+
+.PHONY: install services run test lint check bench
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+services:
+	bash .ci/services-up
+
+run: install services
+	$(BIN)/veza-worker migrate
+	PATH="$(abspath $(BIN)):$$PATH" \
+	HYPERSWITCH_WEBHOOK_SECRET="$${HYPERSWITCH_WEBHOOK_SECRET:-dev_webhook_secret}" \
+	$(BIN)/honcho start -f Procfile web worker clock
+
+test: install services
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+check: lint test
+
+bench: install services
+	$(BIN)/python bench/receiver
