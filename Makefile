@@ -21,7 +21,7 @@ run: install services
 	$(BIN)/veza-worker migrate
 	PATH="$(abspath $(BIN)):$$PATH" \
 	HYPERSWITCH_WEBHOOK_SECRET="$${HYPERSWITCH_WEBHOOK_SECRET:-dev_webhook_secret}" \
-	$(BIN)/honcho start -f Procfile web worker clock
+	$(BIN)/honcho start -f Procfile -p "$${PORT:-8000}" web worker clock
 
 test: install services
 	$(BIN)/pytest
