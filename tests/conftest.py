@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import dramatiq
@@ -14,8 +15,9 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from receiver.app import create_app
+from tests.fake_hyperswitch import FakeHyperswitch, create_fake
 from tests.support import OLD_SECRET, SECRET, TEST_REDIS_URL, ServerThread
-from veza_worker import db
+from veza_worker import db, hyperswitch
 from veza_worker.broker import broker as global_broker
 from veza_worker.settings import Settings
 
@@ -85,6 +87,37 @@ def worker(
     started.start()
     yield started
     started.stop()
+
+
+PSP_API_KEY = "snd_test_api_key_0123456789"
+
+
+@pytest.fixture
+def psp() -> Iterator[tuple[str, FakeHyperswitch]]:
+    """The fake Hyperswitch on a real uvicorn: (base URL, its state)."""
+    app = create_fake(PSP_API_KEY)
+    with ServerThread(app) as server:
+        yield server.url, app.state.fake
+    assert app.state.fake.violations == []  # every request we sent was valid per the spec
+
+
+@pytest.fixture
+def fake(psp: tuple[str, FakeHyperswitch]) -> FakeHyperswitch:
+    return psp[1]
+
+
+@pytest.fixture
+def psp_settings(settings: Settings, psp: tuple[str, FakeHyperswitch]) -> Settings:
+    return replace(
+        settings, hyperswitch_enabled=True, hyperswitch_url=psp[0], hyperswitch_api_key=PSP_API_KEY
+    )
+
+
+@pytest.fixture
+def client(psp: tuple[str, FakeHyperswitch]) -> Iterator[hyperswitch.Client]:
+    psp_client = hyperswitch.Client(psp[0], PSP_API_KEY)
+    yield psp_client
+    psp_client.close()
 
 
 @pytest.fixture

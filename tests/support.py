@@ -84,3 +84,46 @@ def envelope(event_type: str = "payment_processing", event_id: str | None = None
         "timestamp": "2026-03-14T10:21:07.442Z",
     }
     return json.dumps(document).encode()
+
+
+def make_order(
+    conn: psycopg.Connection[Any],
+    items: list[tuple[uuid.UUID, int]],
+    *,
+    buyer_id: uuid.UUID | None = None,
+    currency: str = "USD",
+    status: str = "pending",
+    payment_id: str | None = None,
+    completed_days_ago: float | None = None,
+) -> uuid.UUID:
+    """An order as the host app inserts it (Contract columns only), with one item per (seller, amount)."""
+    order_id = uuid.uuid4()
+    conn.execute(
+        "INSERT INTO orders (id, buyer_id, status, total_amount, currency, payment_id)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        [order_id, buyer_id or uuid.uuid4(), status, sum(a for _, a in items), currency, payment_id],
+    )
+    for seller_id, amount in items:
+        conn.execute(
+            "INSERT INTO order_items (order_id, track_id, seller_id, amount) VALUES (%s, %s, %s, %s)",
+            [order_id, uuid.uuid4(), seller_id, amount],
+        )
+    if completed_days_ago is not None:
+        conn.execute(
+            "UPDATE orders SET completed_at = now() - make_interval(secs => %s * 86400) WHERE id = %s",
+            [completed_days_ago, order_id],
+        )
+    return order_id
+
+
+def row(conn: psycopg.Connection[Any], query: str, *params: Any) -> dict[str, Any]:
+    """The one row a query returns, as a dict."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        found = cur.execute(query, params).fetchall()
+    assert len(found) == 1, found
+    return found[0]
+
+
+def rows(conn: psycopg.Connection[Any], query: str, *params: Any) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, params).fetchall()

@@ -13,6 +13,7 @@ import pytest
 
 from tests.support import SAMPLES, SECRET, envelope, join, log_rows, post_webhook
 from veza_worker import actors, events, webhooks
+from veza_worker.settings import Settings
 
 
 @pytest.mark.parametrize("sample", ["payment_succeeded.json", "refund_succeeded.json"])
@@ -90,7 +91,7 @@ def counting_handler(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """A handler for `test_event` that records each event it applies, inside the delivery's transaction."""
     applied: list[str] = []
 
-    def handle(conn: psycopg.Connection[Any], event: events.Event) -> str:
+    def handle(conn: psycopg.Connection[Any], event: events.Event, settings: Settings) -> str:
         conn.execute("SELECT pg_sleep(0.2)")  # widen the race window
         applied.append(str(event.event_id))
         return "ok"
@@ -139,7 +140,11 @@ def test_three_copies_processed_at_the_same_time_are_applied_once(
 
 
 def test_the_same_message_consumed_twice_at_once_is_applied_once(
-    receiver: str, database_url: str, conn: psycopg.Connection[Any], counting_handler: list[str]
+    receiver: str,
+    database_url: str,
+    settings: Settings,
+    conn: psycopg.Connection[Any],
+    counting_handler: list[str],
 ) -> None:
     """Redis delivers at least once: two workers may hold one message. The row lock settles it."""
     log_id = post_webhook(receiver, envelope("test_event", "evt_twice")).json()["log_id"]
@@ -148,7 +153,9 @@ def test_the_same_message_consumed_twice_at_once_is_applied_once(
     def run() -> None:
         with psycopg.connect(database_url) as worker_conn:
             results.append(
-                webhooks.process(worker_conn, log_id, final_attempt=False, retry_within=actors.RETRY_WITHIN)
+                webhooks.process(
+                    worker_conn, log_id, settings, final_attempt=False, retry_within=actors.RETRY_WITHIN
+                )
             )
 
     threads = [threading.Thread(target=run) for _ in range(2)]
@@ -171,7 +178,7 @@ def test_a_failing_handler_is_retried_then_the_row_ends_in_error(
 ) -> None:
     calls: list[int] = []
 
-    def broken(conn: psycopg.Connection[Any], event: events.Event) -> str:
+    def broken(conn: psycopg.Connection[Any], event: events.Event, settings: Settings) -> str:
         conn.execute(
             "INSERT INTO subscription_plans (name, amount, currency, interval)"
             " VALUES ('x', 1, 'EUR', 'month')"
@@ -202,7 +209,7 @@ def test_a_handler_that_fails_once_succeeds_on_retry(
 ) -> None:
     calls: list[int] = []
 
-    def flaky(conn: psycopg.Connection[Any], event: events.Event) -> str:
+    def flaky(conn: psycopg.Connection[Any], event: events.Event, settings: Settings) -> str:
         calls.append(1)
         if len(calls) == 1:
             raise ConnectionError("blip")

@@ -23,7 +23,9 @@ RETRY_WITHIN = timedelta(milliseconds=MAX_BACKOFF_MS) + timedelta(minutes=1)
 def process_webhook(log_id: int) -> None:
     """Apply one stored delivery; running it twice changes nothing."""
     with resources.pool.connection() as conn:
-        webhooks.process(conn, log_id, final_attempt=_final_attempt(), retry_within=RETRY_WITHIN)
+        webhooks.process(
+            conn, log_id, resources.settings, final_attempt=_final_attempt(), retry_within=RETRY_WITHIN
+        )
 
 
 @dramatiq.actor(queue_name="sweeps", max_retries=0)

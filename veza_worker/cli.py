@@ -6,13 +6,14 @@ import argparse
 import json
 import logging
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
 import psycopg
 
-from veza_worker import db, errors, retention, webhooks
+from veza_worker import db, errors, hyperswitch, orders, refunds, retention, webhooks
 from veza_worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,39 @@ def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> Any:
         return retention.cleanup(conn, timedelta(days=settings.webhook_log_retention_days))
 
 
+def cmd_confirm_order(args: argparse.Namespace, settings: Settings) -> Any:
+    client = hyperswitch.require(settings)
+    with db.connect(settings.database_url) as conn:
+        return orders.confirm(conn, client, args.order_id)
+
+
+def cmd_refund(args: argparse.Namespace, settings: Settings) -> Any:
+    client = hyperswitch.require(settings)
+    with db.connect(settings.database_url) as conn:
+        return refunds.request(
+            conn,
+            client,
+            args.order_id,
+            args.requested_by,
+            reason=args.reason,
+            note=args.note,
+            refund_window=settings.refund_window,
+        )
+
+
+def _uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a UUID: {value!r}") from None
+
+
+def _note(value: str) -> str:
+    if len(value) > refunds.MAX_NOTE_CHARS:
+        raise argparse.ArgumentTypeError(f"at most {refunds.MAX_NOTE_CHARS} characters")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="veza-worker", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -66,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     replay = add("replay", cmd_replay, "enqueue stored deliveries again")
     replay.add_argument("log_ids", metavar="LOG_ID", type=int, nargs="+")
     replay.add_argument("--force", action="store_true", help="apply again rows that already have a result")
+    confirm = add("confirm-order", cmd_confirm_order, "create the PSP payment of a pending order")
+    confirm.add_argument("order_id", metavar="ORDER_ID", type=_uuid)
+    refund = add("refund", cmd_refund, "refund a completed order in full")
+    refund.add_argument("order_id", metavar="ORDER_ID", type=_uuid)
+    refund.add_argument("--by", dest="requested_by", metavar="USER_ID", type=_uuid, required=True)
+    refund.add_argument("--reason", choices=refunds.REASONS, default=refunds.DEFAULT_REASON)
+    refund.add_argument("--note", type=_note, help="free text, kept and sent as metadata.note")
     return parser
 
 
@@ -75,11 +116,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         result = args.func(args, settings)
+    except errors.DomainError as exc:
+        if exc.output is not None:
+            print(json.dumps(exc.output, default=str))
+        print(f"veza-worker {args.command}: {exc}", file=sys.stderr)
+        return 1
     except errors.VezaError as exc:
         print(f"veza-worker {args.command}: {exc}", file=sys.stderr)
         return 1
     except psycopg.OperationalError as exc:
-        print(f"veza-worker {args.command}: database unavailable: {exc}".rstrip(), file=sys.stderr)
+        print(
+            f"veza-worker {args.command}: database unavailable: {' '.join(str(exc).split())}", file=sys.stderr
+        )
         return 1
     print(json.dumps(result, default=str))
     return 0

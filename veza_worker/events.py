@@ -20,7 +20,7 @@ class BadDelivery(Exception):
 class Event:
     """One webhook, whatever envelope it came in: the event and the PSP object it is about."""
 
-    event_type: str
+    event_type: str | None  # None only for a bare refund object, dispatched by its refund_id
     event_id: str | None
     object_type: str | None  # content.type: payment_details, refund_details, ...
     data: Mapping[str, Any]  # content.object: the object the REST API returns
@@ -89,9 +89,9 @@ def parse(body: bytes | str) -> Event:
     if not isinstance(document, dict):
         raise BadDelivery("invalid envelope: not a JSON object")
     event_type = _text(document.get("event_type"))
-    if event_type is None:
-        raise BadDelivery("missing event_type")
     object_type, data = _object_of(document)
+    if event_type is None and not isinstance(data.get("refund_id"), str):
+        raise BadDelivery("missing event_type")
     return Event(event_type, _text(document.get("event_id")), object_type, data)
 
 

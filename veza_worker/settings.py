@@ -64,6 +64,10 @@ class Settings:
         settings.check_hyperswitch()
         return settings
 
+    @property
+    def refund_window(self) -> timedelta:
+        return timedelta(days=self.refund_window_days)
+
     def check_hyperswitch(self) -> None:
         """HYPERSWITCH_ENABLED=true without its URL and API key is a configuration error."""
         if not self.hyperswitch_enabled:

@@ -12,21 +12,31 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row
 
-from veza_worker import db, errors, events
+from veza_worker import db, errors, events, orders, refunds
+from veza_worker.settings import Settings
 
 log = logging.getLogger(__name__)
 QUERIES = db.load_queries(__name__)
 
 REDRIVE_AFTER = timedelta(minutes=2)
+# How long a webhook naming a payment or refund we do not know is retried before it is skipped:
+# it may have beaten our own commit.
+UNKNOWN_OBJECT_PATIENCE = timedelta(minutes=10)
 REDRIVE_BATCH = 1_000
 _MAX_RESULT_CHARS = 500
 
-Handler = Callable[[db.Connection, events.Event], str]
+Handler = Callable[[db.Connection, events.Event, Settings], str]
 Enqueue = Callable[[int], Any]
 
 # event_type → the handler that applies it and returns the final processing_result.
-# Types with no entry end `skipped: unhandled <type>`.
-HANDLERS: dict[str, Handler] = {}
+# Types with no entry end `skipped: unhandled <type>`, unless the object is a refund.
+HANDLERS: dict[str, Handler] = {
+    "payment_succeeded": orders.handle_payment,
+    "payment_failed": orders.handle_payment,
+    "payment_cancelled": orders.handle_payment,
+    "refund_succeeded": refunds.handle_refund,
+    "refund_failed": refunds.handle_refund,
+}
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,7 @@ class LogRow:
     signature_valid: bool
     processing_result: str
     event_id: str | None
+    age: timedelta  # since the receiver recorded it
 
     @property
     def body(self) -> bytes:
@@ -104,7 +115,9 @@ def insert_log_sync(conn: db.Connection, record: Delivery) -> int:
 # -- applying a delivery --------------------------------------------------------------------------
 
 
-def process(conn: db.Connection, log_id: int, *, final_attempt: bool, retry_within: timedelta) -> str | None:
+def process(
+    conn: db.Connection, log_id: int, settings: Settings, *, final_attempt: bool, retry_within: timedelta
+) -> str | None:
     """Apply one stored delivery and write its final processing_result; running it twice changes nothing.
 
     A handler that raises rolls back everything it did. The failure is counted on the row and
@@ -112,35 +125,36 @@ def process(conn: db.Connection, log_id: int, *, final_attempt: bool, retry_with
     """
     try:
         with conn.transaction():
-            return _apply(conn, log_id)
+            return _apply(conn, log_id, settings)
     except Exception as exc:
         reason = _clip(f"{type(exc).__name__}: {exc}")
+        final = exc.result if isinstance(exc, errors.UnknownObject) else f"error: {reason}"
         with conn.transaction():
             conn.execute(
                 QUERIES["record_failure"], {"log_id": log_id, "error": reason, "retry_within": retry_within}
             )
             if final_attempt:
-                finish(conn, log_id, f"error: {reason}")
+                finish(conn, log_id, final)
         if not final_attempt:
             raise
         log.error("webhook log_id=%s failed for good: %s", log_id, reason)
-        return f"error: {reason}"
+        return final
 
 
-def _apply(conn: db.Connection, log_id: int) -> str | None:
+def _apply(conn: db.Connection, log_id: int, settings: Settings) -> str | None:
     row = lock_log(conn, log_id)
     if row is None:
         log.warning("webhook log_id=%s not found (deleted?)", log_id)
         return None
     if not row.signature_valid or row.processing_result != "queued":
         return row.processing_result  # already final: a replayed message is a no-op
-    result = _clip(_outcome(conn, row))
+    result = _clip(_outcome(conn, row, settings))
     finish(conn, log_id, result)
     log.info("webhook log_id=%s result=%r", log_id, result)
     return result
 
 
-def _outcome(conn: db.Connection, row: LogRow) -> str:
+def _outcome(conn: db.Connection, row: LogRow, settings: Settings) -> str:
     try:
         event = events.parse(row.body)
     except events.BadDelivery as exc:
@@ -149,10 +163,23 @@ def _outcome(conn: db.Connection, row: LogRow) -> str:
         conn.execute(QUERIES["lock_event"], {"event_id": row.event_id})
         if event_already_applied(conn, row.event_id, row.id):
             return "skipped: duplicate event"
-    handler = HANDLERS.get(event.event_type)
+    handler = handler_for(event)
     if handler is None:
         return f"skipped: unhandled {event.event_type}"
-    return handler(conn, event)
+    try:
+        return handler(conn, event, settings)
+    except errors.UnknownObject as exc:
+        if row.age >= UNKNOWN_OBJECT_PATIENCE:
+            return exc.result
+        raise  # retried with backoff: our own row may not be committed yet
+
+
+def handler_for(event: events.Event) -> Handler | None:
+    """By event_type; a refund object of any other type (or none) goes to the refund handler."""
+    handler = HANDLERS.get(event.event_type or "")
+    if handler is None and isinstance(event.data.get("refund_id"), str):
+        return refunds.handle_refund
+    return handler
 
 
 def lock_log(conn: db.Connection, log_id: int) -> LogRow | None:

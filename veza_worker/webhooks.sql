@@ -10,7 +10,7 @@ RETURNING id;
 -- lock_log --
 -- The delivery a worker is about to apply, locked until its transaction ends:
 -- a second worker holding the same message waits, then finds the final result.
-SELECT id, payload, payload_raw, signature_valid, processing_result, event_id
+SELECT id, payload, payload_raw, signature_valid, processing_result, event_id, now() - received_at AS age
   FROM hyperswitch_webhook_log
  WHERE id = %(log_id)s
    FOR UPDATE;

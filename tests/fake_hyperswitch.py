@@ -1,0 +1,291 @@
+"""A fake Hyperswitch v1 at its HTTP boundary: the one fake the tests allow.
+
+It answers the four calls veza-worker makes the way the real server does (api-key check, request
+bodies validated against the OpenAPI spec with unknown fields refused, 400 HE_01 for a repeated
+merchant id without replaying, 404 HE_02 for an unknown object), and it can send signed webhooks
+like the real one. Tests script failures; a person can run it for the README walk-through:
+
+    FAKE_HYPERSWITCH_WEBHOOK_URL=http://127.0.0.1:8000/webhooks/hyperswitch \\
+    FAKE_HYPERSWITCH_WEBHOOK_SECRET=dev_webhook_secret FAKE_HYPERSWITCH_API_KEY=snd_dev \\
+    .venv/bin/uvicorn tests.fake_hyperswitch:app --port 8081
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests import openapi
+from veza_worker import events
+
+MERCHANT = "merchant_veza_fake"
+
+
+@dataclass
+class Failure:
+    """A scripted answer for the next call to one route: a status and error, or a hang."""
+
+    status: int = 500
+    code: str = "HE_00"
+    message: str = "Something went wrong"
+    hang: float = 0.0
+    shape: str = "nested"  # nested {"error": {...}} | string {"error": "..."}
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class FakeHyperswitch:
+    api_key: str
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    payments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refunds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    calls: list[Call] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)  # spec violations in our requests
+    failures: dict[str, list[Failure]] = field(default_factory=dict)
+    # Runs (in a thread) after a create is stored and before it is answered: "the webhook was faster".
+    before_reply: dict[str, Callable[[dict[str, Any]], None]] = field(default_factory=dict)
+
+    def fail_next(self, route: str, failure: Failure | None = None) -> None:
+        """Answer the next `route` call ("POST /refunds", "GET /payments") with `failure`."""
+        self.failures.setdefault(route, []).append(failure or Failure())
+
+    def calls_to(self, method: str, path_prefix: str) -> list[Call]:
+        return [c for c in self.calls if c.method == method and c.path.startswith(path_prefix)]
+
+
+def _error(status: int, code: str, message: str, shape: str = "nested") -> JSONResponse:
+    if shape == "string":
+        return JSONResponse({"error": message}, status_code=status)
+    error_type = "invalid_request" if status < 500 else "server_not_available"
+    return JSONResponse({"error": {"type": error_type, "message": message, "code": code}}, status_code=status)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def _guard(request: Request, fake: FakeHyperswitch, route: str) -> tuple[Any, Response | None]:
+    """Record the call, check the api-key, play a scripted failure; the parsed body or a response."""
+    body = json.loads(await request.body() or b"null")
+    fake.calls.append(Call(request.method, request.url.path, dict(request.headers), body))
+    if request.headers.get("api-key") != fake.api_key:
+        return body, _error(401, "IR_01", "API key not provided or invalid API key used")
+    scripted = fake.failures.get(route)
+    if scripted:
+        failure = scripted.pop(0)
+        if failure.hang:
+            await asyncio.sleep(failure.hang)
+        return body, _error(failure.status, failure.code, failure.message, failure.shape)
+    return body, None
+
+
+def _invalid(fake: FakeHyperswitch, schema: str, body: Any) -> Response | None:
+    problems = openapi.errors(schema, body)
+    if not problems:
+        return None
+    fake.violations.extend(problems)
+    return _error(400, "IR_06", f"Json deserialize error: {problems[0]}")
+
+
+async def create_payment(request: Request) -> Response:
+    fake: FakeHyperswitch = request.app.state.fake
+    body, refused = await _guard(request, fake, "POST /payments")
+    if refused is None:
+        refused = _invalid(fake, "PaymentsCreateRequest", body)
+    if refused is not None:
+        return refused
+    payment_id = body.get("payment_id") or f"pay_{secrets.token_hex(13)}"
+    if payment_id in fake.payments:
+        return _error(400, "HE_01", "The payment with the specified payment_id already exists in our records")
+    fake.payments[payment_id] = {
+        "payment_id": payment_id,
+        "merchant_id": MERCHANT,
+        "processor_merchant_id": MERCHANT,
+        "status": "requires_payment_method",
+        "amount": body["amount"],
+        "net_amount": body["amount"],
+        "amount_capturable": body["amount"],
+        "amount_received": None,
+        "currency": body["currency"],
+        "client_secret": f"{payment_id}_secret_{secrets.token_hex(10)}",
+        "payment_method": "card",
+        "attempt_count": 1,
+        "metadata": body.get("metadata"),
+        "description": body.get("description"),
+        "created": _now(),
+        "error_code": None,
+        "error_message": None,
+    }
+    await _before_reply(fake, "POST /payments", fake.payments[payment_id])
+    return JSONResponse(fake.payments[payment_id])
+
+
+async def get_payment(request: Request) -> Response:
+    fake: FakeHyperswitch = request.app.state.fake
+    _, refused = await _guard(request, fake, "GET /payments")
+    if refused is not None:
+        return refused
+    payment = fake.payments.get(request.path_params["payment_id"])
+    if payment is None:
+        return _error(404, "HE_02", "Payment does not exist in our records")
+    return JSONResponse(payment)
+
+
+async def create_refund(request: Request) -> Response:
+    fake: FakeHyperswitch = request.app.state.fake
+    body, refused = await _guard(request, fake, "POST /refunds")
+    if refused is None:
+        refused = _invalid(fake, "RefundRequest", body)
+    if refused is not None:
+        return refused
+    payment = fake.payments.get(body["payment_id"])
+    if payment is None:
+        return _error(404, "HE_02", "Payment does not exist in our records")
+    refund_id = body.get("refund_id") or f"ref_{secrets.token_hex(13)}"
+    if refund_id in fake.refunds:
+        return _error(400, "HE_01", "Duplicate refund request. Refund already attempted with the refund ID")
+    if payment["status"] != "succeeded":
+        message = f"This Payment could not be refund because it has a status of {payment['status']}."
+        return _error(400, "IR_14", message)
+    fake.refunds[refund_id] = {
+        "refund_id": refund_id,
+        "payment_id": payment["payment_id"],
+        "amount": body.get("amount") or payment["amount"],
+        "currency": payment["currency"],
+        "status": "pending",
+        "reason": body.get("reason"),
+        "metadata": body.get("metadata"),
+        "error_message": None,
+        "error_code": None,
+        "created_at": _now(),
+        "updated_at": _now(),
+        "connector": "fauxpay",
+    }
+    await _before_reply(fake, "POST /refunds", fake.refunds[refund_id])
+    return JSONResponse(fake.refunds[refund_id])
+
+
+async def get_refund(request: Request) -> Response:
+    fake: FakeHyperswitch = request.app.state.fake
+    _, refused = await _guard(request, fake, "GET /refunds")
+    if refused is not None:
+        return refused
+    refund = fake.refunds.get(request.path_params["refund_id"])
+    if refund is None:
+        return _error(404, "HE_02", "Refund does not exist in our records")
+    return JSONResponse(refund)
+
+
+async def _before_reply(fake: FakeHyperswitch, route: str, obj: dict[str, Any]) -> None:
+    hook = fake.before_reply.get(route)
+    if hook is not None:
+        await anyio.to_thread.run_sync(hook, obj)
+
+
+# -- the fake's own controls: settle an object and send its webhook ------------------------------
+
+
+def settle_payment(fake: FakeHyperswitch, payment_id: str, outcome: str) -> dict[str, Any]:
+    payment = fake.payments[payment_id]
+    payment["status"] = outcome
+    if outcome == "succeeded":
+        payment["amount_received"] = payment["amount"]
+        payment["amount_capturable"] = 0
+    return payment
+
+
+def settle_refund(
+    fake: FakeHyperswitch, refund_id: str, outcome: str, error_message: str | None = None
+) -> Any:
+    refund = fake.refunds[refund_id]
+    refund.update(status=outcome, error_message=error_message, updated_at=_now())
+    return refund
+
+
+def webhook_body(event_type: str, obj: dict[str, Any]) -> bytes:
+    """A delivery in Hyperswitch's envelope, with a fresh event_id."""
+    content_type = "refund_details" if event_type.startswith("refund_") else "payment_details"
+    envelope = {
+        "merchant_id": MERCHANT,
+        "event_id": f"evt_{uuid.uuid4().hex}",
+        "event_type": event_type,
+        "content": {"type": content_type, "object": obj},
+        "timestamp": _now(),
+    }
+    return json.dumps(envelope).encode()
+
+
+async def control(request: Request) -> Response:
+    """POST /_fake/{payments|refunds}/{id}/{succeeded|failed|cancelled}: settle it, send its webhook."""
+    fake: FakeHyperswitch = request.app.state.fake
+    kind, object_id, outcome = (request.path_params[k] for k in ("kind", "object_id", "outcome"))
+    store = fake.payments if kind == "payments" else fake.refunds
+    if object_id not in store:
+        return _error(404, "HE_02", f"{kind} {object_id} does not exist")
+    if kind == "payments":
+        obj = settle_payment(fake, object_id, outcome)
+        event_type = {"succeeded": "payment_succeeded", "failed": "payment_failed"}.get(
+            outcome, "payment_cancelled"
+        )
+    else:
+        obj = settle_refund(fake, object_id, outcome, None if outcome == "succeeded" else "card expired")
+        event_type = f"refund_{outcome}"
+    delivered = await _send_webhook(fake, event_type, obj)
+    return JSONResponse({"object": obj, "event_type": event_type, "webhook_status": delivered})
+
+
+async def _send_webhook(fake: FakeHyperswitch, event_type: str, obj: dict[str, Any]) -> int | None:
+    if not (fake.webhook_url and fake.webhook_secret):
+        return None
+    body = webhook_body(event_type, obj)
+    headers = {
+        "content-type": "application/json",
+        "user-agent": "Hyperswitch-Backend-Server",
+        events.SIGNATURE_HEADER: events.sign(body, fake.webhook_secret),
+    }
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.post(fake.webhook_url, content=body, headers=headers)
+    return response.status_code
+
+
+def create_fake(api_key: str, webhook_url: str | None = None, webhook_secret: str | None = None) -> Starlette:
+    app = Starlette(
+        routes=[
+            Route("/payments", create_payment, methods=["POST"]),
+            Route("/payments/{payment_id}", get_payment, methods=["GET"]),
+            Route("/refunds", create_refund, methods=["POST"]),
+            Route("/refunds/{refund_id}", get_refund, methods=["GET"]),
+            Route("/_fake/{kind:str}/{object_id:str}/{outcome:str}", control, methods=["POST"]),
+        ]
+    )
+    app.state.fake = FakeHyperswitch(api_key, webhook_url, webhook_secret)
+    return app
+
+
+app = create_fake(
+    os.environ.get("FAKE_HYPERSWITCH_API_KEY", "snd_dev"),
+    os.environ.get("FAKE_HYPERSWITCH_WEBHOOK_URL"),
+    os.environ.get("FAKE_HYPERSWITCH_WEBHOOK_SECRET"),
+)

@@ -1,0 +1,159 @@
+"""Orders: confirm-order (create the PSP payment) and the payment webhook that completes or fails them.
+
+pending →(payment_succeeded) completed, with licenses, seller credits and transfers in one transaction;
+pending →(payment_failed | payment_cancelled) failed. A terminal order ignores further events.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from psycopg.rows import class_row
+
+from veza_worker import db, errors, hyperswitch
+from veza_worker.events import Event
+from veza_worker.settings import Settings
+
+log = logging.getLogger(__name__)
+QUERIES = db.load_queries(__name__)
+
+SUCCEEDED = "payment_succeeded"
+PAYMENT_EVENTS = (SUCCEEDED, "payment_failed", "payment_cancelled")
+
+
+@dataclass(frozen=True)
+class Order:
+    id: uuid.UUID
+    buyer_id: uuid.UUID
+    status: str
+    total_amount: int
+    currency: str
+    payment_id: str | None
+    completed_at: datetime | None
+    refund_deadline: datetime | None
+
+
+def lock(conn: db.Connection, order_id: uuid.UUID) -> Order | None:
+    with conn.cursor(row_factory=class_row(Order)) as cur:
+        return cur.execute(QUERIES["lock_order"], {"order_id": order_id}).fetchone()
+
+
+def lock_by_payment(conn: db.Connection, payment_id: str) -> Order | None:
+    with conn.cursor(row_factory=class_row(Order)) as cur:
+        return cur.execute(QUERIES["lock_order_by_payment"], {"payment_id": payment_id}).fetchone()
+
+
+def is_seller(conn: db.Connection, order_id: uuid.UUID, user_id: uuid.UUID) -> bool:
+    row = conn.execute(QUERIES["is_seller"], {"order_id": order_id, "user_id": user_id}).fetchone()
+    return bool(row and row[0])
+
+
+# -- confirm-order ----------------------------------------------------------------------------------
+
+
+def confirm(conn: db.Connection, client: hyperswitch.Client, order_id: uuid.UUID) -> dict[str, Any]:
+    """Create (or find again) the PSP payment of a pending order; the order stays pending."""
+    with conn.transaction():
+        order = lock(conn, order_id)
+        if order is None:
+            raise errors.NotFound(f"order {order_id} not found")
+        if order.status != "pending":
+            raise errors.DomainError(f"order {order_id} is {order.status}, not pending")
+        payment_id = order.payment_id or hyperswitch.merchant_id("pay", order.id)
+        if order.payment_id is None:  # stored before the call: a webhook or a retry always finds it
+            conn.execute(QUERIES["set_payment_id"], {"order_id": order.id, "payment_id": payment_id})
+    payment = _create_payment(client, order, payment_id)
+    log.info("order %s payment %s created, psp status %s", order.id, payment_id, payment.get("status"))
+    return {
+        "order_id": str(order.id),
+        "payment_id": payment_id,
+        "client_secret": payment.get("client_secret"),
+        "status": order.status,
+        "psp_status": payment.get("status"),
+    }
+
+
+def _create_payment(client: hyperswitch.Client, order: Order, payment_id: str) -> dict[str, Any]:
+    try:
+        return client.create_payment(
+            payment_id=payment_id,
+            amount=order.total_amount,
+            currency=order.currency,
+            idempotency_key=str(order.id),
+            metadata={"order_id": str(order.id)},
+            description=f"Order {order.id}",
+        )
+    except errors.HyperswitchUnavailable as exc:
+        log.warning("order %s: payment %s create was ambiguous: %s", order.id, payment_id, exc)
+        raise errors.DomainError("payment provider unavailable, will be reconciled") from exc
+    except errors.HyperswitchRejected as exc:
+        raise errors.DomainError(f"payment rejected by payment provider: {exc.message}") from exc
+
+
+# -- the payment webhook ----------------------------------------------------------------------------
+
+
+def handle_payment(conn: db.Connection, event: Event, settings: Settings) -> str:
+    """payment_succeeded / payment_failed / payment_cancelled for an order."""
+    payment_id = event.data.get("payment_id")
+    if not isinstance(payment_id, str):
+        return "error: missing payment_id"
+    order = lock_by_payment(conn, payment_id)
+    if order is None:  # the webhook may beat our own commit: retried, then skipped
+        raise errors.UnknownObject("skipped: unknown payment")
+    return apply_payment(conn, order, event, settings.refund_window)
+
+
+def apply_payment(conn: db.Connection, order: Order, event: Event, refund_window: timedelta) -> str:
+    if order.status != "pending":
+        if event.event_type == SUCCEEDED and order.status == "failed":
+            log.error(
+                "order %s is failed but payment %s succeeded: money taken, needs a human",
+                order.id,
+                order.payment_id,
+            )
+        return f"skipped: order already {order.status}"
+    if event.event_type != SUCCEEDED:
+        conn.execute(QUERIES["fail_order"], {"order_id": order.id})
+        log.info("order %s failed: %s", order.id, event.event_type)
+        return "ok"
+    paid = _paid(event.data)
+    if paid != (order.total_amount, order.currency):
+        log.error(
+            "order %s amount mismatch: paid %s, expected %s %s",
+            order.id,
+            paid,
+            order.total_amount,
+            order.currency,
+        )
+        return "error: amount mismatch"
+    _complete(conn, order, refund_window)
+    return "ok"
+
+
+def _paid(payment: Mapping[str, Any]) -> tuple[int | None, Any]:
+    """(amount, currency) the PSP says was paid; amount_received, when given, must agree with amount."""
+    amount, received = _minor_units(payment.get("amount")), payment.get("amount_received")
+    if received is not None and _minor_units(received) != amount:
+        return None, payment.get("currency")
+    return amount, payment.get("currency")
+
+
+def _minor_units(value: Any) -> int | None:
+    """An integer amount, or None for anything else (a float, a string, a bool)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _complete(conn: db.Connection, order: Order, refund_window: timedelta) -> None:
+    """One transaction (the caller's): order completed, licenses, seller credits, transfers."""
+    params = {"order_id": order.id, "currency": order.currency, "refund_window": refund_window}
+    conn.execute(QUERIES["complete_order"], params)
+    licenses = conn.execute(QUERIES["grant_licenses"], params).rowcount
+    sellers = conn.execute(QUERIES["credit_sellers"], params).rowcount
+    conn.execute(QUERIES["create_transfers"], params)
+    log.info("order %s completed: %d licenses, %d sellers credited", order.id, licenses, sellers)

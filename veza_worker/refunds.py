@@ -1,0 +1,284 @@
+"""The refund state machine, in three phases.
+
+1. `open`: one short transaction with the order locked: checks, refund row `pending` with its PSP
+   id derived from its own uuid, order `refund_pending`.
+2. `submit`: `POST /refunds` outside any transaction. A definitive rejection fails the refund and
+   puts the order back to `completed`; an ambiguous failure changes nothing (the reconciler
+   settles it); success sets `submitted_at` and the status stays `pending`.
+3. `settle`: the PSP's final word (webhook or reconciler). succeeded → refund succeeded, order
+   refunded, licenses revoked, sellers debited (clamped at zero), transfers reversed, in one
+   transaction; failed → refund failed, order `completed`. A terminal refund ignores the rest.
+
+Every writer locks the order first, then the refund.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from psycopg.rows import class_row
+
+from veza_worker import db, errors, hyperswitch, orders
+from veza_worker.events import Event
+from veza_worker.settings import Settings
+
+log = logging.getLogger(__name__)
+QUERIES = db.load_queries(__name__)
+
+REASONS = ("duplicate", "fraudulent", "requested_by_customer")
+DEFAULT_REASON = "requested_by_customer"
+MAX_NOTE_CHARS = 500  # Hyperswitch metadata values are capped at 500 characters
+
+
+@dataclass(frozen=True)
+class Refund:
+    id: uuid.UUID
+    order_id: uuid.UUID
+    status: str
+    amount: int
+    currency: str
+    hyperswitch_refund_id: str
+    submitted_at: datetime | None
+    succeeded_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What phase 1 hands to phase 2."""
+
+    refund_id: uuid.UUID
+    hyperswitch_refund_id: str
+    order_id: uuid.UUID
+    payment_id: str
+
+
+def request(
+    conn: db.Connection,
+    client: hyperswitch.Client,
+    order_id: uuid.UUID,
+    requested_by: uuid.UUID,
+    *,
+    reason: str = DEFAULT_REASON,
+    note: str | None = None,
+    refund_window: timedelta,
+) -> dict[str, Any]:
+    """Phases 1 and 2: `{refund_id, hyperswitch_refund_id, status}`, status being ours."""
+    opened = open_refund(conn, order_id, requested_by, reason=reason, note=note, refund_window=refund_window)
+    submit(conn, client, opened, reason=reason, note=note)
+    return _summary(conn, opened)
+
+
+def lock(conn: db.Connection, refund_id: uuid.UUID) -> Refund | None:
+    with conn.cursor(row_factory=class_row(Refund)) as cur:
+        return cur.execute(QUERIES["lock_refund"], {"refund_id": refund_id}).fetchone()
+
+
+# -- phase 1 ----------------------------------------------------------------------------------------
+
+
+def open_refund(
+    conn: db.Connection,
+    order_id: uuid.UUID,
+    requested_by: uuid.UUID,
+    *,
+    reason: str,
+    note: str | None,
+    refund_window: timedelta,
+) -> Opened:
+    if reason not in REASONS:
+        raise ValueError(f"refund reason must be one of {', '.join(REASONS)}")
+    with conn.transaction():
+        order = orders.lock(conn, order_id)
+        if order is None:
+            raise errors.NotFound(f"order {order_id} not found")
+        if requested_by != order.buyer_id and not orders.is_seller(conn, order.id, requested_by):
+            raise errors.Forbidden(
+                f"user {requested_by} is neither the buyer nor a seller of order {order_id}"
+            )
+        payment_id = _refundable(order, refund_window)
+        refund_id = uuid.uuid4()
+        opened = Opened(refund_id, hyperswitch.merchant_id("ref", refund_id), order.id, payment_id)
+        conn.execute(
+            QUERIES["insert_refund"],
+            {
+                "id": refund_id,
+                "order_id": order.id,
+                "requested_by": requested_by,
+                "amount": order.total_amount,
+                "currency": order.currency,
+                "reason": reason,
+                "note": note,
+                "hyperswitch_refund_id": opened.hyperswitch_refund_id,
+            },
+        )
+        _set_order_status(conn, order.id, "refund_pending")
+    log.info("refund %s opened for order %s by %s", opened.hyperswitch_refund_id, order.id, requested_by)
+    return opened
+
+
+def _refundable(order: orders.Order, refund_window: timedelta) -> str:
+    """The payment to refund, or the DomainError that says why this order cannot be refunded."""
+    if order.status == "refund_pending":
+        raise errors.DomainError("refund already in progress")
+    if order.status != "completed":
+        raise errors.DomainError(f"order {order.id} is {order.status}: only completed orders can be refunded")
+    if order.payment_id is None:
+        raise errors.DomainError(f"order {order.id} has no payment to refund")
+    deadline = order.refund_deadline or (order.completed_at and order.completed_at + refund_window)
+    if deadline is None:
+        raise errors.DomainError(f"order {order.id} has no completion time: its refund window is unknown")
+    if datetime.now(UTC) > deadline:
+        raise errors.DomainError(f"refund window closed on {deadline.astimezone(UTC):%Y-%m-%d %H:%M} UTC")
+    return order.payment_id
+
+
+# -- phase 2 ----------------------------------------------------------------------------------------
+
+
+def submit(
+    conn: db.Connection, client: hyperswitch.Client, opened: Opened, *, reason: str, note: str | None
+) -> None:
+    """POST /refunds, outside any transaction. A retry sends the same refund_id: never two refunds."""
+    metadata = {"order_id": str(opened.order_id), "refund_id": str(opened.refund_id)}
+    if note:
+        metadata["note"] = note
+    try:
+        client.create_refund(
+            refund_id=opened.hyperswitch_refund_id,
+            payment_id=opened.payment_id,
+            reason=reason,
+            idempotency_key=str(opened.refund_id),
+            metadata=metadata,
+        )
+    except errors.HyperswitchUnavailable as exc:
+        log.warning(
+            "refund %s: create was ambiguous, left for the reconciler: %s", opened.hyperswitch_refund_id, exc
+        )
+        raise errors.DomainError(
+            "payment provider unavailable, will be reconciled", _summary(conn, opened)
+        ) from exc
+    except errors.HyperswitchRejected as exc:
+        _reject(conn, opened, exc.message or exc.code)
+        message = f"refund rejected by payment provider: {exc.message or exc.code}"
+        raise errors.DomainError(message, _summary(conn, opened)) from exc
+    with conn.transaction():
+        conn.execute(QUERIES["mark_submitted"], {"refund_id": opened.refund_id})
+
+
+def _reject(conn: db.Connection, opened: Opened, message: str) -> None:
+    log.warning("refund %s rejected by the payment provider: %s", opened.hyperswitch_refund_id, message)
+    with conn.transaction():
+        order = orders.lock(conn, opened.order_id)
+        refund = lock(conn, opened.refund_id)
+        assert order is not None and refund is not None  # rows are never deleted
+        settle(conn, order, refund, "failed", message)
+
+
+def _summary(conn: db.Connection, opened: Opened) -> dict[str, Any]:
+    with conn.transaction():
+        row = conn.execute(QUERIES["refund_status"], {"refund_id": opened.refund_id}).fetchone()
+    return {
+        "refund_id": str(opened.refund_id),
+        "hyperswitch_refund_id": opened.hyperswitch_refund_id,
+        "status": row[0] if row else None,
+    }
+
+
+# -- phase 3: the PSP's final word ------------------------------------------------------------------
+
+
+def handle_refund(conn: db.Connection, event: Event, settings: Settings) -> str:
+    """refund_succeeded / refund_failed, or any refund object: decided by the object's status."""
+    psp_id = event.data.get("refund_id")
+    if not isinstance(psp_id, str):
+        return "error: missing refund_id"
+    found = conn.execute(QUERIES["find_order_of_refund"], {"hyperswitch_refund_id": psp_id}).fetchone()
+    if found is None:  # the webhook may beat phase 1's commit: retried, then skipped
+        raise errors.UnknownObject("skipped: unknown refund")
+    refund_id, order_id = found
+    order = orders.lock(conn, order_id)
+    refund = lock(conn, refund_id)
+    assert order is not None and refund is not None
+    error_message = event.data.get("error_message")
+    return settle(
+        conn, order, refund, _psp_status(event), error_message if isinstance(error_message, str) else None
+    )
+
+
+def _psp_status(event: Event) -> str:
+    status = event.data.get("status")
+    if isinstance(status, str):
+        return status
+    return (event.event_type or "").removeprefix("refund_")
+
+
+def settle(
+    conn: db.Connection,
+    order: orders.Order,
+    refund: Refund,
+    status: str,
+    error_message: str | None,
+    amount: Any = None,
+) -> str:
+    """Apply the PSP's status (and refunded amount, when known) to a locked order and refund.
+
+    A terminal refund ignores it; a success for another amount than ours changes nothing.
+    """
+    if refund.status != "pending":
+        return f"skipped: refund already {refund.status}"
+    if status == "succeeded":
+        if amount is not None and amount != refund.amount:
+            log.error(
+                "refund %s amount mismatch: psp refunded %r, we asked %d %s; needs a human",
+                refund.hyperswitch_refund_id,
+                amount,
+                refund.amount,
+                refund.currency,
+            )
+            return "error: refund amount mismatch"
+        _succeed(conn, order, refund)
+        return "ok"
+    if status == "failed":
+        _fail(conn, order, refund, error_message or "refund failed at the payment provider")
+        return "ok"
+    return f"skipped: refund status {status or 'missing'}"
+
+
+def _succeed(conn: db.Connection, order: orders.Order, refund: Refund) -> None:
+    """One transaction (the caller's): refund, order, licenses, balances, transfers."""
+    params = {"refund_id": refund.id, "order_id": order.id, "currency": order.currency}
+    conn.execute(QUERIES["succeed_refund"], params)
+    if order.status != "refund_pending":
+        log.warning(
+            "refund %s succeeded while order %s was %s", refund.hyperswitch_refund_id, order.id, order.status
+        )
+    _set_order_status(conn, order.id, "refunded")
+    conn.execute(QUERIES["revoke_licenses"], params)
+    for seller_id, shortfall in conn.execute(QUERIES["debit_sellers"], params).fetchall():
+        if shortfall:
+            log.warning(
+                "refund %s: seller %s balance clamped at zero, %d %s not recovered",
+                refund.hyperswitch_refund_id,
+                seller_id,
+                shortfall,
+                order.currency,
+            )
+    conn.execute(QUERIES["reverse_transfers"], params)
+    log.info("refund %s succeeded: order %s refunded", refund.hyperswitch_refund_id, order.id)
+
+
+def _fail(conn: db.Connection, order: orders.Order, refund: Refund, message: str) -> None:
+    conn.execute(QUERIES["fail_refund"], {"refund_id": refund.id, "error_message": message})
+    if order.status == "refund_pending":
+        _set_order_status(conn, order.id, "completed")
+    log.warning(
+        "refund %s failed: %s; order %s back to completed", refund.hyperswitch_refund_id, message, order.id
+    )
+
+
+def _set_order_status(conn: db.Connection, order_id: uuid.UUID, status: str) -> None:
+    conn.execute(QUERIES["set_order_status"], {"order_id": order_id, "status": status})
