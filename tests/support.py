@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,9 @@ import psycopg
 import uvicorn
 from psycopg.rows import dict_row
 
-from veza_worker import actors, events
+from tests.fake_hyperswitch import webhook_body
+from veza_worker import actors, events, webhooks
+from veza_worker.settings import Settings
 
 TEST_REDIS_URL = os.environ["REDIS_URL"]  # set by tests/__init__.py
 SAMPLES = Path(__file__).resolve().parent / "hyperswitch" / "samples"  # copied from shared/hyperswitch
@@ -127,3 +130,43 @@ def row(conn: psycopg.Connection[Any], query: str, *params: Any) -> dict[str, An
 def rows(conn: psycopg.Connection[Any], query: str, *params: Any) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(query, params).fetchall()
+
+
+def store(conn: psycopg.Connection[Any], body: bytes | None = None, *, signed: bool = True) -> int:
+    """The row the receiver writes for a delivery (signed with SECRET unless not), without enqueuing it."""
+    body = body if body is not None else envelope()
+    headers = {events.SIGNATURE_HEADER: events.sign(body, SECRET if signed else "not-the-secret")}
+    return webhooks.insert_log_sync(conn, webhooks.delivery(body, headers, "127.0.0.1", (SECRET,)))
+
+
+def store_event(conn: psycopg.Connection[Any], event_type: str, obj: dict[str, Any]) -> int:
+    return store(conn, webhook_body(event_type, obj))
+
+
+def process(settings: Settings, log_id: int, *, final_attempt: bool = True) -> str | None:
+    """What a worker does with one message, on its own connection."""
+    with psycopg.connect(settings.database_url) as worker_conn:
+        return webhooks.process(
+            worker_conn, log_id, settings, final_attempt=final_attempt, retry_within=actors.RETRY_WITHIN
+        )
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def make_pending_refund(
+    conn: psycopg.Connection[Any], order_id: uuid.UUID, hyperswitch_refund_id: str | None = None
+) -> uuid.UUID:
+    """What phase 1 leaves: a pending refund of the whole order, and the order `refund_pending`."""
+    refund_id = uuid.uuid4()
+    conn.execute(
+        "INSERT INTO refunds (id, order_id, requested_by, amount, currency, hyperswitch_refund_id)"
+        " SELECT %s, id, buyer_id, total_amount, currency, %s FROM orders WHERE id = %s",
+        [refund_id, hyperswitch_refund_id or f"ref_{refund_id.hex[:26]}", order_id],
+    )
+    conn.execute("UPDATE orders SET status = 'refund_pending' WHERE id = %s", [order_id])
+    return refund_id

@@ -14,15 +14,8 @@ import dramatiq
 import psycopg
 import pytest
 
-from tests.support import SECRET, envelope, join, log_rows
-from veza_worker import events, retention, webhooks
-
-
-def store(conn: psycopg.Connection[Any], body: bytes | None = None, *, signed: bool = True) -> int:
-    """A row as the receiver writes it, without enqueuing."""
-    body = body or envelope()
-    headers = {events.SIGNATURE_HEADER: events.sign(body, SECRET if signed else "wrong")}
-    return webhooks.insert_log_sync(conn, webhooks.delivery(body, headers, "127.0.0.1", (SECRET,)))
+from tests.support import envelope, join, log_rows, store
+from veza_worker import retention, webhooks
 
 
 def age(conn: psycopg.Connection[Any], log_id: int, interval: str) -> None:
