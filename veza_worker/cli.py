@@ -86,6 +86,9 @@ def _note(value: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="veza-worker", description=__doc__)
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log what the command does on stderr (clock always logs)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Command, help: str) -> argparse.ArgumentParser:
@@ -112,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # exits 2 on a usage error
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    # One-shot commands keep stderr to the one-line error unless asked: their result is the JSON.
+    level = logging.INFO if args.verbose or args.command == "clock" else logging.CRITICAL + 1
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
     try:
         settings = Settings.from_env()
         result = args.func(args, settings)

@@ -203,10 +203,9 @@ def handle_refund(conn: db.Connection, event: Event, settings: Settings) -> str:
     order = orders.lock(conn, order_id)
     refund = lock(conn, refund_id)
     assert order is not None and refund is not None
-    error_message = event.data.get("error_message")
-    return settle(
-        conn, order, refund, _psp_status(event), error_message if isinstance(error_message, str) else None
-    )
+    message = event.data.get("error_message")
+    message = message if isinstance(message, str) else None
+    return settle(conn, order, refund, _psp_status(event), message, event.data.get("amount"))
 
 
 def _psp_status(event: Event) -> str:
