@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -170,3 +172,17 @@ def make_pending_refund(
     )
     conn.execute("UPDATE orders SET status = 'refund_pending' WHERE id = %s", [order_id])
     return refund_id
+
+
+def run_cli(*args: str, settings: Settings | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    """`veza-worker ARGS` in a child process, configured from `settings` plus `env`."""
+    configured = dict(os.environ)
+    if settings is not None:
+        configured["DATABASE_URL"] = settings.database_url
+        if settings.hyperswitch_enabled:
+            configured["HYPERSWITCH_ENABLED"] = "true"
+            configured["HYPERSWITCH_URL"] = str(settings.hyperswitch_url)
+            configured["HYPERSWITCH_API_KEY"] = str(settings.hyperswitch_api_key)
+    configured.update(env)
+    command = [sys.executable, "-m", "veza_worker.cli", *args]
+    return subprocess.run(command, env=configured, capture_output=True, text=True, timeout=60)

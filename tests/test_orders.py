@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -10,7 +11,18 @@ import psycopg
 import pytest
 
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, webhook_body
-from tests.support import join, log_rows, make_order, post_webhook, process, row, rows, store_event, wait_for
+from tests.support import (
+    join,
+    log_rows,
+    make_order,
+    post_webhook,
+    process,
+    row,
+    rows,
+    run_cli,
+    store_event,
+    wait_for,
+)
 from veza_worker import errors, hyperswitch, orders
 from veza_worker.settings import Settings
 
@@ -272,3 +284,26 @@ def test_an_unknown_payment_ends_skipped_after_ten_minutes(
     conn.execute("UPDATE hyperswitch_webhook_log SET received_at = now() - interval '11 minutes'")
 
     assert process(settings, log_id, final_attempt=False) == "skipped: unknown payment"
+
+
+def test_the_confirm_order_command_prints_json_and_logs_no_secret_even_verbose(
+    conn: psycopg.Connection[Any], psp_settings: Settings, fake: FakeHyperswitch
+) -> None:
+    order_id = make_order(conn, [(SELLER_A, 250)])
+
+    quiet = run_cli("confirm-order", str(order_id), settings=psp_settings)
+    verbose = run_cli("-v", "confirm-order", str(order_id), settings=psp_settings)
+
+    assert quiet.returncode == verbose.returncode == 0 and quiet.stderr == ""
+    out = json.loads(quiet.stdout)
+    secret = fake.payments[out["payment_id"]]["client_secret"]
+    assert out == {
+        "order_id": str(order_id),
+        "payment_id": hyperswitch.merchant_id("pay", order_id),
+        "client_secret": secret,
+        "status": "pending",
+        "psp_status": "requires_payment_method",
+    }
+    assert json.loads(verbose.stdout) == out
+    assert "payment" in verbose.stderr  # it did log
+    assert secret not in verbose.stderr and str(psp_settings.hyperswitch_api_key) not in verbose.stderr

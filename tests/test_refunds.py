@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 import threading
 import uuid
 from datetime import timedelta
@@ -15,6 +12,7 @@ from typing import Any
 import dramatiq
 import psycopg
 import pytest
+from psycopg import sql
 
 from tests.conftest import PSP_API_KEY
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, settle_payment, settle_refund, webhook_body
@@ -26,6 +24,7 @@ from tests.support import (
     process,
     row,
     rows,
+    run_cli,
     store,
     store_event,
     wait_for,
@@ -49,8 +48,11 @@ def completed_order(
         fake.payments[payment_id] = {**paid, "client_secret": "cs", "metadata": {}}
         settle_payment(fake, payment_id, "succeeded")
     if kwargs:
-        assignments = ", ".join(f"{column} = %s" for column in kwargs)
-        conn.execute(f"UPDATE orders SET {assignments} WHERE id = %s", [*kwargs.values(), order_id])  # type: ignore[arg-type]
+        assignments = sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder()) for column in kwargs
+        )
+        query = sql.SQL("UPDATE orders SET {} WHERE id = {}").format(assignments, sql.Placeholder())
+        conn.execute(query, [*kwargs.values(), order_id])
     return order_id
 
 
@@ -430,25 +432,12 @@ def test_a_refund_succeeded_webhook_that_beats_phase_two_is_applied(
 # -- the CLI ----------------------------------------------------------------------------------------
 
 
-def cli(psp_settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": psp_settings.database_url,
-        "HYPERSWITCH_ENABLED": "true",
-        "HYPERSWITCH_URL": str(psp_settings.hyperswitch_url),
-        "HYPERSWITCH_API_KEY": str(psp_settings.hyperswitch_api_key),
-    }
-    command = [sys.executable, "-m", "veza_worker.cli", *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
-
-
 def test_the_refund_command_prints_our_ids_and_sends_the_reason_and_note(
     conn: psycopg.Connection[Any], psp_settings: Settings, fake: FakeHyperswitch
 ) -> None:
     order_id = completed_order(conn, psp_settings, fake)
 
-    done = cli(
-        psp_settings,
+    done = run_cli(
         "refund",
         str(order_id),
         "--by",
@@ -457,6 +446,7 @@ def test_the_refund_command_prints_our_ids_and_sends_the_reason_and_note(
         "duplicate",
         "--note",
         "charged twice",
+        settings=psp_settings,
     )
 
     assert done.returncode == 0, done.stderr
@@ -477,7 +467,7 @@ def test_the_refund_command_on_a_rejection_prints_the_failed_refund_and_exits_1(
     order_id = completed_order(conn, psp_settings, fake)
     fake.fail_next("POST /refunds", Failure(status=400, code="IR_14", message="Charge already refunded"))
 
-    done = cli(psp_settings, "refund", str(order_id), "--by", str(BUYER))
+    done = run_cli("refund", str(order_id), "--by", str(BUYER), settings=psp_settings)
 
     assert done.returncode == 1
     assert json.loads(done.stdout)["status"] == "failed"
@@ -498,14 +488,11 @@ def test_the_refund_command_on_a_rejection_prints_the_failed_refund_and_exits_1(
     ids=["bad-uuid", "no-by", "bad-reason", "long-note"],
 )
 def test_refund_usage_errors_exit_2(psp_settings: Settings, args: list[str]) -> None:
-    assert cli(psp_settings, *args).returncode == 2
+    assert run_cli(*args, settings=psp_settings).returncode == 2
 
 
-def test_commands_that_need_the_psp_say_it_is_not_configured(database_url: str) -> None:
-    env = {**os.environ, "DATABASE_URL": database_url, "HYPERSWITCH_ENABLED": "false"}
+def test_commands_that_need_the_psp_say_it_is_not_configured(settings: Settings) -> None:
     for args in (["refund", str(uuid.uuid4()), "--by", str(BUYER)], ["confirm-order", str(uuid.uuid4())]):
-        done = subprocess.run(
-            [sys.executable, "-m", "veza_worker.cli", *args], env=env, capture_output=True, text=True
-        )
+        done = run_cli(*args, settings=settings, HYPERSWITCH_ENABLED="false")
         assert done.returncode == 1
         assert done.stderr.strip().endswith("payment provider not configured")

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 from datetime import timedelta
 from typing import Any
@@ -14,7 +11,7 @@ import dramatiq
 import psycopg
 import pytest
 
-from tests.support import envelope, join, log_rows, store
+from tests.support import envelope, join, log_rows, run_cli, store
 from veza_worker import retention, webhooks
 
 
@@ -27,13 +24,6 @@ def age(conn: psycopg.Connection[Any], log_id: int, interval: str) -> None:
 
 def set_result(conn: psycopg.Connection[Any], log_id: int, result: str) -> None:
     conn.execute("UPDATE hyperswitch_webhook_log SET processing_result = %s WHERE id = %s", [result, log_id])
-
-
-def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": database_url}
-    return subprocess.run(
-        [sys.executable, "-m", "veza_worker.cli", *args], env=env, capture_output=True, text=True, timeout=60
-    )
 
 
 # -- redrive --------------------------------------------------------------------------------------
@@ -88,7 +78,7 @@ def test_the_redrive_command_delivers_a_lost_message_through_the_worker(
     log_id = store(conn, envelope("payment_processing"))
     age(conn, log_id, "10 minutes")
 
-    done = cli(database_url, "redrive")
+    done = run_cli("redrive", DATABASE_URL=database_url)
     join(broker)
 
     assert done.returncode == 0, done.stderr
@@ -134,7 +124,7 @@ def test_replay_of_an_unknown_id_exits_1_and_enqueues_nothing(
 ) -> None:
     known = store(conn)
 
-    done = cli(database_url, "replay", str(known), "999999")
+    done = run_cli("replay", str(known), "999999", DATABASE_URL=database_url)
 
     assert done.returncode == 1
     assert done.stderr.strip() == "veza-worker replay: webhook log rows not found: 999999"
@@ -146,16 +136,16 @@ def test_replay_of_a_processed_event_is_a_no_op_through_the_worker_unless_forced
     database_url: str, conn: psycopg.Connection[Any], broker: dramatiq.Broker, worker: dramatiq.Worker
 ) -> None:
     log_id = store(conn, envelope("payment_processing"))
-    assert cli(database_url, "replay", str(log_id)).returncode == 0
+    assert run_cli("replay", str(log_id), DATABASE_URL=database_url).returncode == 0
     join(broker)
     first = log_rows(conn)[0]
 
-    again = cli(database_url, "replay", str(log_id))
+    again = run_cli("replay", str(log_id), DATABASE_URL=database_url)
     join(broker)
     assert json.loads(again.stdout)["unchanged"] == 1
     assert log_rows(conn)[0]["processed_at"] == first["processed_at"]
 
-    forced = cli(database_url, "replay", "--force", str(log_id))
+    forced = run_cli("replay", "--force", str(log_id), DATABASE_URL=database_url)
     join(broker)
     assert json.loads(forced.stdout)["enqueued"] == 1
     row = log_rows(conn)[0]
@@ -164,7 +154,7 @@ def test_replay_of_a_processed_event_is_a_no_op_through_the_worker_unless_forced
 
 
 def test_replay_without_ids_is_a_usage_error(database_url: str) -> None:
-    assert cli(database_url, "replay").returncode == 2
+    assert run_cli("replay", DATABASE_URL=database_url).returncode == 2
 
 
 # -- retention ------------------------------------------------------------------------------------
@@ -215,13 +205,7 @@ def test_the_cleanup_command_reads_the_retention_days(
     age(conn, old, "8 days")
     age(conn, recent, "6 days")
 
-    env_run = subprocess.run(
-        [sys.executable, "-m", "veza_worker.cli", "cleanup"],
-        env={**os.environ, "DATABASE_URL": database_url, "HYPERSWITCH_WEBHOOK_LOG_RETENTION_DAYS": "7"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    env_run = run_cli("cleanup", DATABASE_URL=database_url, HYPERSWITCH_WEBHOOK_LOG_RETENTION_DAYS="7")
 
     assert env_run.returncode == 0, env_run.stderr
     assert json.loads(env_run.stdout) == {"deleted": 1, "batches": 1}
