@@ -41,7 +41,7 @@ def start_fast_clock(settings: Settings, schedulers: list[Any]) -> None:
     schedulers.append(scheduler)
 
 
-def test_the_clock_enqueues_redrive_and_retention_and_nothing_else(
+def test_the_clock_enqueues_each_sweep_and_does_no_work_itself(
     settings: Settings, broker: dramatiq.Broker, fast_clocks: list[Any]
 ) -> None:
     start_fast_clock(settings, fast_clocks)
@@ -49,7 +49,7 @@ def test_the_clock_enqueues_redrive_and_retention_and_nothing_else(
     fast_clocks.pop().shutdown(wait=True)
 
     names = queued_actor_names(broker, "sweeps")
-    assert set(names) == {"redrive_webhooks", "cleanup_webhook_log"}
+    assert set(names) == {"redrive_webhooks", "cleanup_webhook_log", "end_trials"}
     assert names.count("redrive_webhooks") >= 3
     assert queued_actor_names(broker, "webhooks") == []  # the clock itself does no work
 

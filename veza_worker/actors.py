@@ -7,7 +7,7 @@ from datetime import timedelta
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from veza_worker import retention, webhooks
+from veza_worker import retention, subscriptions, webhooks
 from veza_worker.broker import resources
 
 MAX_RETRIES = 10
@@ -41,6 +41,13 @@ def cleanup_webhook_log() -> None:
     days = resources.settings.webhook_log_retention_days
     with resources.pool.connection() as conn:
         retention.cleanup(conn, timedelta(days=days))
+
+
+@dramatiq.actor(queue_name="sweeps", max_retries=0, time_limit=3_600_000)
+def end_trials() -> None:
+    """Trials past their end → pending_payment, invoice, PSP payment."""
+    with resources.pool.connection() as conn:
+        subscriptions.end_trials(conn, resources.client)
 
 
 def _final_attempt() -> bool:

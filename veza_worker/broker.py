@@ -16,7 +16,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Middleware
 from psycopg_pool import ConnectionPool
 
-from veza_worker import db
+from veza_worker import db, hyperswitch
 from veza_worker.settings import DEFAULT_REDIS_URL, Settings
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class Resources(Middleware):
     def __init__(self) -> None:
         self._settings: Settings | None = None
         self._pool: ConnectionPool[db.Connection] | None = None
+        self._client: hyperswitch.Client | None = None
 
     @property
     def settings(self) -> Settings:
@@ -47,14 +48,22 @@ class Resources(Middleware):
             raise RuntimeError("the worker's Postgres pool is not open: no worker has booted")
         return self._pool
 
+    @property
+    def client(self) -> hyperswitch.Client | None:
+        """The PSP client, or None when no provider is configured."""
+        return self._client
+
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         self._settings = Settings.from_env()
         self._pool = db.make_pool(self._settings.database_url, max_size=worker.worker_threads + 1)
+        self._client = hyperswitch.from_settings(self._settings)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         if self._pool is not None:
             self._pool.close()
-        self._pool = self._settings = None
+        if self._client is not None:
+            self._client.close()
+        self._pool = self._settings = self._client = None
 
 
 resources = Resources()

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from veza_worker import db, errors, hyperswitch, orders, refunds, retention, webhooks
+from veza_worker import db, errors, hyperswitch, orders, refunds, retention, subscriptions, webhooks
 from veza_worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,26 @@ def cmd_refund(args: argparse.Namespace, settings: Settings) -> Any:
         )
 
 
+def cmd_subscribe(args: argparse.Namespace, settings: Settings) -> Any:
+    with db.connect(settings.database_url) as conn:
+        return subscriptions.subscribe(conn, hyperswitch.from_settings(settings), args.user_id, args.plan_id)
+
+
+def cmd_complete_subscription(args: argparse.Namespace, settings: Settings) -> Any:
+    with db.connect(settings.database_url) as conn:
+        return subscriptions.complete(conn, hyperswitch.from_settings(settings), args.subscription_id)
+
+
+def cmd_subscription_status(args: argparse.Namespace, settings: Settings) -> Any:
+    with db.connect(settings.database_url) as conn:
+        return subscriptions.status(conn, args.user_id)
+
+
+def cmd_trial_end(args: argparse.Namespace, settings: Settings) -> Any:
+    with db.connect(settings.database_url) as conn:
+        return subscriptions.end_trials(conn, hyperswitch.from_settings(settings))
+
+
 def _uuid(value: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
@@ -110,6 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     refund.add_argument("--by", dest="requested_by", metavar="USER_ID", type=_uuid, required=True)
     refund.add_argument("--reason", choices=refunds.REASONS, default=refunds.DEFAULT_REASON)
     refund.add_argument("--note", type=_note, help="free text, kept and sent as metadata.note")
+    subscribe = add("subscribe", cmd_subscribe, "subscribe a user to a plan")
+    subscribe.add_argument("user_id", metavar="USER_ID", type=_uuid)
+    subscribe.add_argument("plan_id", metavar="PLAN_ID", type=_uuid)
+    complete = add(
+        "complete-subscription", cmd_complete_subscription, "the client_secret of a pending subscription"
+    )
+    complete.add_argument("subscription_id", metavar="SUBSCRIPTION_ID", type=_uuid)
+    gate = add("subscription-status", cmd_subscription_status, "the feature-gate view of a user")
+    gate.add_argument("user_id", metavar="USER_ID", type=_uuid)
+    add("trial-end", cmd_trial_end, "one trial-end sweep now")
     return parser
 
 

@@ -23,6 +23,7 @@ def schedule(scheduler: Any, settings: Settings, *, scale: float = 1.0) -> None:
     """Add every periodic job; `scale` shrinks the intervals (tests run a fast clock)."""
     jobs = [
         ("redrive", actors.redrive_webhooks, _every(timedelta(minutes=1), scale)),
+        ("trial_end", actors.end_trials, _every(timedelta(minutes=5), scale)),
         ("retention", actors.cleanup_webhook_log, _daily(scale)),
     ]
     for job_id, actor, trigger in jobs:

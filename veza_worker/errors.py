@@ -32,6 +32,14 @@ class Forbidden(DomainError):
     """The requester may not act on this row."""
 
 
+class PaymentProviderUnavailable(DomainError):
+    """A create was ambiguous (timeout, 5xx): nothing changed, the reconciler settles the row."""
+
+
+class PaymentRejected(DomainError):
+    """The PSP definitively refused a create: the row it was for is failed."""
+
+
 class PaymentProviderNotConfigured(DomainError):
     """A PSP call is needed but HYPERSWITCH_ENABLED, its URL or its API key is missing."""
 

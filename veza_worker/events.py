@@ -95,6 +95,20 @@ def parse(body: bytes | str) -> Event:
     return Event(event_type, _text(document.get("event_id")), object_type, data)
 
 
+def paid(payment: Mapping[str, Any]) -> tuple[int | None, Any]:
+    """(amount, currency) a payment object says was paid; None when the amount is not a whole number
+    or amount_received disagrees with it."""
+    amount, received = _minor_units(payment.get("amount")), payment.get("amount_received")
+    if received is not None and _minor_units(received) != amount:
+        return None, payment.get("currency")
+    return amount, payment.get("currency")
+
+
+def _minor_units(value: Any) -> int | None:
+    """An integer amount, or None for anything else (a float, a string, a bool)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _object_of(document: dict[str, Any]) -> tuple[str | None, Mapping[str, Any]]:
     content = document.get("content")
     if isinstance(content, dict) and isinstance(content.get("object"), dict):

@@ -8,22 +8,18 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg.rows import class_row
 
-from veza_worker import db, errors, hyperswitch
-from veza_worker.events import Event
-from veza_worker.settings import Settings
+from veza_worker import db, errors, events, hyperswitch
 
 log = logging.getLogger(__name__)
 QUERIES = db.load_queries(__name__)
 
 SUCCEEDED = "payment_succeeded"
-PAYMENT_EVENTS = (SUCCEEDED, "payment_failed", "payment_cancelled")
 
 
 @dataclass(frozen=True)
@@ -90,26 +86,18 @@ def _create_payment(client: hyperswitch.Client, order: Order, payment_id: str) -
         )
     except errors.HyperswitchUnavailable as exc:
         log.warning("order %s: payment %s create was ambiguous: %s", order.id, payment_id, exc)
-        raise errors.DomainError("payment provider unavailable, will be reconciled") from exc
+        raise errors.PaymentProviderUnavailable("payment provider unavailable, will be reconciled") from exc
     except errors.HyperswitchRejected as exc:
-        raise errors.DomainError(f"payment rejected by payment provider: {exc.message}") from exc
+        raise errors.PaymentRejected(
+            f"payment rejected by payment provider: {exc.message or exc.code}"
+        ) from exc
 
 
 # -- the payment webhook ----------------------------------------------------------------------------
 
 
-def handle_payment(conn: db.Connection, event: Event, settings: Settings) -> str:
-    """payment_succeeded / payment_failed / payment_cancelled for an order."""
-    payment_id = event.data.get("payment_id")
-    if not isinstance(payment_id, str):
-        return "error: missing payment_id"
-    order = lock_by_payment(conn, payment_id)
-    if order is None:  # the webhook may beat our own commit: retried, then skipped
-        raise errors.UnknownObject("skipped: unknown payment")
-    return apply_payment(conn, order, event, settings.refund_window)
-
-
-def apply_payment(conn: db.Connection, order: Order, event: Event, refund_window: timedelta) -> str:
+def apply_payment(conn: db.Connection, order: Order, event: events.Event, refund_window: timedelta) -> str:
+    """payment_succeeded / payment_failed / payment_cancelled for a locked order."""
     if order.status != "pending":
         if event.event_type == SUCCEEDED and order.status == "failed":
             log.error(
@@ -122,31 +110,19 @@ def apply_payment(conn: db.Connection, order: Order, event: Event, refund_window
         conn.execute(QUERIES["fail_order"], {"order_id": order.id})
         log.info("order %s failed: %s", order.id, event.event_type)
         return "ok"
-    paid = _paid(event.data)
-    if paid != (order.total_amount, order.currency):
+    if events.paid(event.data) != (order.total_amount, order.currency):
         log.error(
-            "order %s amount mismatch: paid %s, expected %s %s",
+            "order %s amount mismatch: psp amount=%r amount_received=%r currency=%r, expected %d %s",
             order.id,
-            paid,
+            event.data.get("amount"),
+            event.data.get("amount_received"),
+            event.data.get("currency"),
             order.total_amount,
             order.currency,
         )
         return "error: amount mismatch"
     _complete(conn, order, refund_window)
     return "ok"
-
-
-def _paid(payment: Mapping[str, Any]) -> tuple[int | None, Any]:
-    """(amount, currency) the PSP says was paid; amount_received, when given, must agree with amount."""
-    amount, received = _minor_units(payment.get("amount")), payment.get("amount_received")
-    if received is not None and _minor_units(received) != amount:
-        return None, payment.get("currency")
-    return amount, payment.get("currency")
-
-
-def _minor_units(value: Any) -> int | None:
-    """An integer amount, or None for anything else (a float, a string, a bool)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _complete(conn: db.Connection, order: Order, refund_window: timedelta) -> None:

@@ -158,13 +158,12 @@ def submit(
         log.warning(
             "refund %s: create was ambiguous, left for the reconciler: %s", opened.hyperswitch_refund_id, exc
         )
-        raise errors.DomainError(
-            "payment provider unavailable, will be reconciled", _summary(conn, opened)
-        ) from exc
+        message = "payment provider unavailable, will be reconciled"
+        raise errors.PaymentProviderUnavailable(message, _summary(conn, opened)) from exc
     except errors.HyperswitchRejected as exc:
         _reject(conn, opened, exc.message or exc.code)
         message = f"refund rejected by payment provider: {exc.message or exc.code}"
-        raise errors.DomainError(message, _summary(conn, opened)) from exc
+        raise errors.PaymentRejected(message, _summary(conn, opened)) from exc
     with conn.transaction():
         conn.execute(QUERIES["mark_submitted"], {"refund_id": opened.refund_id})
 

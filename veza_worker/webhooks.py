@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row
 
-from veza_worker import db, errors, events, orders, refunds
+from veza_worker import db, errors, events, orders, refunds, subscriptions
 from veza_worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,12 +28,28 @@ _MAX_RESULT_CHARS = 500
 Handler = Callable[[db.Connection, events.Event, Settings], str]
 Enqueue = Callable[[int], Any]
 
+
 # event_type → the handler that applies it and returns the final processing_result.
 # Types with no entry end `skipped: unhandled <type>`, unless the object is a refund.
+def handle_payment(conn: db.Connection, event: events.Event, settings: Settings) -> str:
+    """A terminal payment event, for the order or the subscription invoice that owns the payment."""
+    payment_id = event.data.get("payment_id")
+    if not isinstance(payment_id, str):
+        return "error: missing payment_id"
+    order = orders.lock_by_payment(conn, payment_id)
+    if order is not None:
+        return orders.apply_payment(conn, order, event, settings.refund_window)
+    invoice = subscriptions.find_invoice_by_payment(conn, payment_id)
+    if invoice is not None:
+        invoice_id, subscription_id = invoice
+        return subscriptions.apply_payment(conn, subscription_id, invoice_id, event)
+    raise errors.UnknownObject("skipped: unknown payment")  # it may beat our own commit: retried
+
+
 HANDLERS: dict[str, Handler] = {
-    "payment_succeeded": orders.handle_payment,
-    "payment_failed": orders.handle_payment,
-    "payment_cancelled": orders.handle_payment,
+    "payment_succeeded": handle_payment,
+    "payment_failed": handle_payment,
+    "payment_cancelled": handle_payment,
     "refund_succeeded": refunds.handle_refund,
     "refund_failed": refunds.handle_refund,
 }
