@@ -44,6 +44,7 @@ class Failure:
     message: str = "Something went wrong"
     hang: float = 0.0
     shape: str = "nested"  # nested {"error": {...}} | string {"error": "..."}
+    acted: bool = False  # the PSP creates the object, then answers with this failure
 
 
 @dataclass
@@ -93,12 +94,26 @@ async def _guard(request: Request, fake: FakeHyperswitch, route: str) -> tuple[A
     if request.headers.get("api-key") != fake.api_key:
         return body, _error(401, "IR_01", "API key not provided or invalid API key used")
     scripted = fake.failures.get(route)
-    if scripted:
-        failure = scripted.pop(0)
-        if failure.hang:
-            await asyncio.sleep(failure.hang)
-        return body, _error(failure.status, failure.code, failure.message, failure.shape)
+    if scripted and not scripted[0].acted:
+        return body, await _fail(scripted.pop(0))
     return body, None
+
+
+async def _fail(failure: Failure) -> Response:
+    if failure.hang:
+        await asyncio.sleep(failure.hang)
+    return _error(failure.status, failure.code, failure.message, failure.shape)
+
+
+async def _reply(fake: FakeHyperswitch, route: str, obj: dict[str, Any]) -> Response:
+    """The created object, unless a failure was scripted for after the PSP acted."""
+    hook = fake.before_reply.get(route)
+    if hook is not None:
+        await anyio.to_thread.run_sync(hook, obj)
+    scripted = fake.failures.get(route)
+    if scripted and scripted[0].acted:
+        return await _fail(scripted.pop(0))
+    return JSONResponse(obj)
 
 
 def _invalid(fake: FakeHyperswitch, schema: str, body: Any) -> Response | None:
@@ -138,8 +153,7 @@ async def create_payment(request: Request) -> Response:
         "error_code": None,
         "error_message": None,
     }
-    await _before_reply(fake, "POST /payments", fake.payments[payment_id])
-    return JSONResponse(fake.payments[payment_id])
+    return await _reply(fake, "POST /payments", fake.payments[payment_id])
 
 
 async def get_payment(request: Request) -> Response:
@@ -183,8 +197,7 @@ async def create_refund(request: Request) -> Response:
         "updated_at": _now(),
         "connector": "fauxpay",
     }
-    await _before_reply(fake, "POST /refunds", fake.refunds[refund_id])
-    return JSONResponse(fake.refunds[refund_id])
+    return await _reply(fake, "POST /refunds", fake.refunds[refund_id])
 
 
 async def get_refund(request: Request) -> Response:
@@ -196,12 +209,6 @@ async def get_refund(request: Request) -> Response:
     if refund is None:
         return _error(404, "HE_02", "Refund does not exist in our records")
     return JSONResponse(refund)
-
-
-async def _before_reply(fake: FakeHyperswitch, route: str, obj: dict[str, Any]) -> None:
-    hook = fake.before_reply.get(route)
-    if hook is not None:
-        await anyio.to_thread.run_sync(hook, obj)
 
 
 # -- the fake's own controls: settle an object and send its webhook ------------------------------
