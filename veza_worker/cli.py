@@ -8,7 +8,7 @@ import logging
 import sys
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -143,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _json(value: Any) -> str:
+    """One JSON document: times in ISO 8601, uuids as strings."""
+    return json.dumps(value, default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # exits 2 on a usage error
     # One-shot commands keep stderr to the one-line error unless asked: their result is the JSON.
@@ -153,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.func(args, settings)
     except errors.DomainError as exc:
         if exc.output is not None:
-            print(json.dumps(exc.output, default=str))
+            print(_json(exc.output))
         print(f"veza-worker {args.command}: {exc}", file=sys.stderr)
         return 1
     except errors.VezaError as exc:
@@ -164,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"veza-worker {args.command}: database unavailable: {' '.join(str(exc).split())}", file=sys.stderr
         )
         return 1
-    print(json.dumps(result, default=str))
+    print(_json(result))
     return 0
 
 
