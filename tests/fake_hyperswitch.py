@@ -53,6 +53,7 @@ class Call:
     path: str
     headers: dict[str, str]
     body: Any
+    query: str = ""
 
 
 @dataclass
@@ -90,7 +91,7 @@ def _now() -> str:
 async def _guard(request: Request, fake: FakeHyperswitch, route: str) -> tuple[Any, Response | None]:
     """Record the call, check the api-key, play a scripted failure; the parsed body or a response."""
     body = json.loads(await request.body() or b"null")
-    fake.calls.append(Call(request.method, request.url.path, dict(request.headers), body))
+    fake.calls.append(Call(request.method, request.url.path, dict(request.headers), body, request.url.query))
     if request.headers.get("api-key") != fake.api_key:
         return body, _error(401, "IR_01", "API key not provided or invalid API key used")
     scripted = fake.failures.get(route)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import dramatiq
@@ -49,9 +51,19 @@ def test_the_clock_enqueues_each_sweep_and_does_no_work_itself(
     fast_clocks.pop().shutdown(wait=True)
 
     names = queued_actor_names(broker, "sweeps")
-    assert set(names) == {"redrive_webhooks", "cleanup_webhook_log", "end_trials"}
+    assert set(names) == {"redrive_webhooks", "cleanup_webhook_log", "end_trials", "reconcile"}
     assert names.count("redrive_webhooks") >= 3
     assert queued_actor_names(broker, "webhooks") == []  # the clock itself does no work
+
+
+def test_reconciliation_is_not_scheduled_when_disabled(settings: Settings) -> None:
+    enabled, disabled = BackgroundScheduler(timezone="UTC"), BackgroundScheduler(timezone="UTC")
+    clock.schedule(enabled, replace(settings, reconcile_interval=timedelta(minutes=15)))
+    clock.schedule(disabled, replace(settings, reconcile_worker_enabled=False))
+
+    assert str(enabled.get_job("reconcile").trigger) == "interval[0:15:00]"
+    assert disabled.get_job("reconcile") is None
+    assert {job.id for job in disabled.get_jobs()} == {"redrive", "trial_end", "retention"}
 
 
 def test_two_clocks_still_enqueue_each_stuck_row_once(

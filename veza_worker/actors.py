@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
+from veza_worker import reconcile as reconciler
 from veza_worker import retention, subscriptions, webhooks
 from veza_worker.broker import resources
+
+log = logging.getLogger(__name__)
 
 MAX_RETRIES = 10
 MIN_BACKOFF_MS = 1_000
@@ -48,6 +52,16 @@ def end_trials() -> None:
     """Trials past their end → pending_payment, invoice, PSP payment."""
     with resources.pool.connection() as conn:
         subscriptions.end_trials(conn, resources.client)
+
+
+@dramatiq.actor(queue_name="sweeps", max_retries=0, time_limit=3_600_000)
+def reconcile() -> None:
+    """One reconciliation tick."""
+    if resources.client is None:
+        log.warning("reconcile skipped: payment provider not configured")
+        return
+    with resources.pool.connection() as conn:
+        reconciler.tick(conn, resources.client, resources.settings)
 
 
 def _final_attempt() -> bool:

@@ -13,7 +13,17 @@ from typing import Any
 
 import psycopg
 
-from veza_worker import db, errors, hyperswitch, orders, refunds, retention, subscriptions, webhooks
+from veza_worker import (
+    db,
+    errors,
+    hyperswitch,
+    orders,
+    reconcile,
+    refunds,
+    retention,
+    subscriptions,
+    webhooks,
+)
 from veza_worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,6 +81,12 @@ def cmd_refund(args: argparse.Namespace, settings: Settings) -> Any:
         )
 
 
+def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> Any:
+    client = hyperswitch.require(settings)
+    with db.connect(settings.database_url) as conn:
+        return reconcile.tick(conn, client, settings)
+
+
 def cmd_subscribe(args: argparse.Namespace, settings: Settings) -> Any:
     with db.connect(settings.database_url) as conn:
         return subscriptions.subscribe(conn, hyperswitch.from_settings(settings), args.user_id, args.plan_id)
@@ -120,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("clock", cmd_clock, "run the scheduler that enqueues the periodic sweeps (blocks)")
     add("redrive", cmd_redrive, "enqueue again webhook rows still queued after 2 minutes")
     add("cleanup", cmd_cleanup, "one retention sweep of the webhook log now")
+    add("reconcile", cmd_reconcile, "one reconciliation tick now; prints per-phase counts")
     replay = add("replay", cmd_replay, "enqueue stored deliveries again")
     replay.add_argument("log_ids", metavar="LOG_ID", type=int, nargs="+")
     replay.add_argument("--force", action="store_true", help="apply again rows that already have a result")

@@ -26,6 +26,10 @@ def schedule(scheduler: Any, settings: Settings, *, scale: float = 1.0) -> None:
         ("trial_end", actors.end_trials, _every(timedelta(minutes=5), scale)),
         ("retention", actors.cleanup_webhook_log, _daily(scale)),
     ]
+    if settings.reconcile_worker_enabled:
+        jobs.append(("reconcile", actors.reconcile, _every(settings.reconcile_interval, scale)))
+    else:
+        log.info("clock: reconciliation disabled by RECONCILE_WORKER_ENABLED=false")
     for job_id, actor, trigger in jobs:
         # coalesce + max_instances: a late clock sends one message, never a burst.
         scheduler.add_job(actor.send, trigger, id=job_id, coalesce=True, max_instances=1)

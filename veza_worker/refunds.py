@@ -165,7 +165,12 @@ def submit(
         message = f"refund rejected by payment provider: {exc.message or exc.code}"
         raise errors.PaymentRejected(message, _summary(conn, opened)) from exc
     with conn.transaction():
-        conn.execute(QUERIES["mark_submitted"], {"refund_id": opened.refund_id})
+        mark_submitted(conn, opened.refund_id)
+
+
+def mark_submitted(conn: db.Connection, refund_id: uuid.UUID) -> None:
+    """The PSP holds the refund; its status is left to a webhook or the reconciler."""
+    conn.execute(QUERIES["mark_submitted"], {"refund_id": refund_id})
 
 
 def _reject(conn: db.Connection, opened: Opened, message: str) -> None:
@@ -227,6 +232,10 @@ def settle(
     A terminal refund ignores it; a success for another amount than ours changes nothing.
     """
     if refund.status != "pending":
+        if status == "succeeded" and refund.status == "failed":
+            log.error(
+                "refund %s is failed but the psp refunded it: needs a human", refund.hyperswitch_refund_id
+            )
         return f"skipped: refund already {refund.status}"
     if status == "succeeded":
         if amount is not None and amount != refund.amount:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -128,6 +129,29 @@ def insert_log_sync(conn: db.Connection, record: Delivery) -> int:
     return int(row[0])
 
 
+RECONCILER = "veza-worker-reconciler"
+
+
+def apply_synthetic(
+    conn: db.Connection, settings: Settings, event_type: str, content_type: str, obj: Mapping[str, Any]
+) -> tuple[int, str | None]:
+    """Record the PSP's own answer as a delivery (no event_id, user_agent the reconciler) and apply
+    it in the caller's transaction, through the same handlers as a webhook."""
+    envelope = {
+        "merchant_id": obj.get("merchant_id"),
+        "event_id": None,
+        "event_type": event_type,
+        "content": {"type": content_type, "object": dict(obj)},
+        "timestamp": datetime.now(UTC).isoformat(),
+    }
+    payload = events.storable(json.dumps(envelope))
+    record = Delivery(
+        payload, None, True, None, "queued", None, RECONCILER, str(uuid.uuid4()), event_type, None
+    )
+    log_id = insert_log_sync(conn, record)
+    return log_id, apply(conn, log_id, settings)
+
+
 # -- applying a delivery --------------------------------------------------------------------------
 
 
@@ -141,7 +165,7 @@ def process(
     """
     try:
         with conn.transaction():
-            return _apply(conn, log_id, settings)
+            return apply(conn, log_id, settings)
     except Exception as exc:
         reason = _clip(f"{type(exc).__name__}: {exc}")
         final = exc.result if isinstance(exc, errors.UnknownObject) else f"error: {reason}"
@@ -157,7 +181,8 @@ def process(
         return final
 
 
-def _apply(conn: db.Connection, log_id: int, settings: Settings) -> str | None:
+def apply(conn: db.Connection, log_id: int, settings: Settings) -> str | None:
+    """Apply a stored delivery inside the caller's transaction; a final row is left as it is."""
     row = lock_log(conn, log_id)
     if row is None:
         log.warning("webhook log_id=%s not found (deleted?)", log_id)

@@ -1,0 +1,82 @@
+-- due_before --
+-- A row is due when nobody checked it during this tick, nor in the cool_down before it started:
+-- two ticks started a moment apart do not both ask the PSP about the same row.
+SELECT clock_timestamp() - %(cool_down)s;
+
+-- claim_order --
+-- One stuck order, locked for this tick: pending with a payment, older than stuck_after, due.
+-- Never-checked rows first, oldest first.
+-- Uses orders_stuck_idx: the cost is the stuck rows', not the table's.
+SELECT o.id, o.payment_id AS psp_id, now() - o.created_at AS stuck_for, coalesce(s.checks, 0) AS checks
+  FROM orders o
+  LEFT JOIN reconcile_state s ON s.kind = 'order' AND s.row_id = o.id
+ WHERE o.status = 'pending'
+   AND o.payment_id IS NOT NULL
+   AND o.created_at < now() - %(stuck_after)s
+   AND (s.last_checked_at IS NULL OR s.last_checked_at < %(due_before)s)
+ ORDER BY s.last_checked_at NULLS FIRST, o.created_at
+ LIMIT 1
+   FOR UPDATE OF o SKIP LOCKED;
+
+-- claim_refund --
+-- One submitted refund with no final answer after stuck_after (refunds_stuck_idx).
+SELECT r.id, r.hyperswitch_refund_id AS psp_id, now() - r.submitted_at AS stuck_for,
+       coalesce(s.checks, 0) AS checks
+  FROM refunds r
+  LEFT JOIN reconcile_state s ON s.kind = 'refund' AND s.row_id = r.id
+ WHERE r.status = 'pending'
+   AND r.submitted_at IS NOT NULL
+   AND r.submitted_at < now() - %(stuck_after)s
+   AND (s.last_checked_at IS NULL OR s.last_checked_at < %(due_before)s)
+ ORDER BY s.last_checked_at NULLS FIRST, r.submitted_at
+ LIMIT 1
+   FOR UPDATE OF r SKIP LOCKED;
+
+-- claim_orphan_refund --
+-- One refund never submitted (phase 2 crashed or was ambiguous), older than orphan_after
+-- (refunds_orphan_idx).
+SELECT r.id, r.hyperswitch_refund_id AS psp_id, now() - r.created_at AS stuck_for,
+       coalesce(s.checks, 0) AS checks
+  FROM refunds r
+  LEFT JOIN reconcile_state s ON s.kind = 'refund' AND s.row_id = r.id
+ WHERE r.status = 'pending'
+   AND r.submitted_at IS NULL
+   AND r.created_at < now() - %(stuck_after)s
+   AND (s.last_checked_at IS NULL OR s.last_checked_at < %(due_before)s)
+ ORDER BY s.last_checked_at NULLS FIRST, r.created_at
+ LIMIT 1
+   FOR UPDATE OF r SKIP LOCKED;
+
+-- claim_subscription --
+-- One subscription in pending_payment for longer than stuck_after (user_subscriptions_pending_idx),
+-- with the payment of its pending invoice.
+SELECT u.id, i.payment_id AS psp_id, now() - u.updated_at AS stuck_for, coalesce(s.checks, 0) AS checks
+  FROM user_subscriptions u
+  JOIN subscription_invoices i ON i.subscription_id = u.id AND i.status = 'pending'
+  LEFT JOIN reconcile_state s ON s.kind = 'subscription' AND s.row_id = u.id
+ WHERE u.status = 'pending_payment'
+   AND u.updated_at < now() - %(stuck_after)s
+   AND (s.last_checked_at IS NULL OR s.last_checked_at < %(due_before)s)
+ ORDER BY s.last_checked_at NULLS FIRST, u.updated_at
+ LIMIT 1
+   FOR UPDATE OF u SKIP LOCKED;
+
+-- begin_check --
+-- The claim's second half: the claim query's snapshot may predate another tick's commit, so the
+-- row's state is upserted here, where Postgres serializes two ticks on it. No row back means
+-- another tick checked it since the row was due: skip it.
+INSERT INTO reconcile_state AS s (kind, row_id, first_checked_at, last_checked_at)
+VALUES (%(kind)s, %(row_id)s, clock_timestamp(), clock_timestamp())
+    ON CONFLICT (kind, row_id) DO UPDATE
+   SET last_checked_at = clock_timestamp()
+ WHERE s.last_checked_at < %(due_before)s
+RETURNING checks;
+
+-- record_answer --
+-- answered: the PSP gave a status (a read error is not an answer and counts nothing).
+UPDATE reconcile_state
+   SET checks = checks + %(answered)s::int,
+       last_psp_status = coalesce(%(psp_status)s, last_psp_status)
+ WHERE kind = %(kind)s
+   AND row_id = %(row_id)s
+RETURNING checks;
