@@ -51,14 +51,15 @@ UPDATE hyperswitch_webhook_log
 -- Claiming pushes redrive_after forward, so a second clock skips them.
 UPDATE hyperswitch_webhook_log
    SET redrive_after = now() + %(older_than)s
- WHERE id IN (SELECT id
-                FROM hyperswitch_webhook_log
-               WHERE processing_result = 'queued'
-                 AND received_at < now() - %(older_than)s
-                 AND (redrive_after IS NULL OR redrive_after < now())
-               ORDER BY received_at
-               LIMIT %(limit)s
-                 FOR UPDATE SKIP LOCKED)
+ WHERE id = ANY(ARRAY(
+           SELECT id
+             FROM hyperswitch_webhook_log
+            WHERE processing_result = 'queued'
+              AND received_at < now() - %(older_than)s
+              AND (redrive_after IS NULL OR redrive_after < now())
+            ORDER BY received_at
+            LIMIT %(limit)s
+              FOR UPDATE SKIP LOCKED))
 RETURNING id;
 
 -- find_logs --

@@ -1,0 +1,145 @@
+"""Every sweep finds its rows through an index: on 200,000 rows with 10 stuck, no sequential scan.
+
+A tick must cost what the stuck rows cost, not what the tables hold. EXPLAIN only plans; nothing
+here is timed.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any, LiteralString
+
+import psycopg
+import pytest
+
+from tests.conftest import admin, url_for
+from veza_worker import reconcile, retention, subscriptions, webhooks
+
+ROWS = 200_000
+STUCK = 10
+
+FILL = [
+    # 200k orders, all completed but the 10 oldest, which are pending with a payment
+    """INSERT INTO orders (buyer_id, status, total_amount, currency, payment_id, created_at)
+       SELECT gen_random_uuid(), CASE WHEN n <= %(stuck)s THEN 'pending' ELSE 'completed' END, 100, 'USD',
+              'pay_' || lpad(n::text, 26, '0'), now() - make_interval(mins => 60 + %(rows)s - n)
+         FROM generate_series(1, %(rows)s) AS n""",
+    # one refund per order: 10 submitted and stuck, 10 orphans, the rest succeeded
+    """INSERT INTO refunds (order_id, requested_by, amount, currency, status, hyperswitch_refund_id,
+                            created_at, submitted_at)
+       SELECT id, buyer_id, 100, 'USD',
+              CASE WHEN rn <= 2 * %(stuck)s THEN 'pending' ELSE 'succeeded' END,
+              'ref_' || lpad(rn::text, 26, '0'), created_at,
+              CASE WHEN rn <= %(stuck)s THEN created_at END
+         FROM (SELECT id, buyer_id, created_at, row_number() OVER (ORDER BY created_at DESC) AS rn
+                 FROM orders) AS o""",
+    "INSERT INTO subscription_plans (id, name, amount, currency, interval, trial_days)"
+    " VALUES ('00000000-0000-4000-8000-000000000001', 'Pro', 999, 'EUR', 'month', 7)",
+    # 200k subscriptions: 10 pending_payment (with an invoice), 10 ended trials, the rest expired
+    """INSERT INTO user_subscriptions (user_id, plan_id, status, trial_ends_at, updated_at)
+       SELECT gen_random_uuid(), '00000000-0000-4000-8000-000000000001',
+              CASE WHEN n <= %(stuck)s THEN 'pending_payment'
+                   WHEN n <= 2 * %(stuck)s THEN 'trialing' ELSE 'expired' END,
+              now() - interval '1 day', now() - interval '2 hours'
+         FROM generate_series(1, %(rows)s) AS n""",
+    """INSERT INTO subscription_invoices (subscription_id, amount, currency, payment_id)
+       SELECT id, 999, 'EUR', 'pay_s' || lpad(row_number() OVER ()::text, 25, '0')
+         FROM user_subscriptions WHERE status = 'pending_payment'""",
+    # 200k audit rows: 10 still queued, the rest processed
+    """INSERT INTO hyperswitch_webhook_log (payload, signature_valid, processing_result, received_at)
+       SELECT '{}', true, CASE WHEN n <= %(stuck)s THEN 'queued' ELSE 'ok' END,
+              now() - make_interval(mins => n)
+         FROM generate_series(1, %(rows)s) AS n""",
+]
+
+
+@pytest.fixture(scope="module")
+def big(template_db: str) -> Iterator[psycopg.Connection[Any]]:
+    name = f"veza_scale_{uuid.uuid4().hex[:12]}"
+    admin("CREATE DATABASE {} TEMPLATE {}", name, template_db)
+    with psycopg.connect(url_for(name), autocommit=True) as conn:
+        for statement in FILL:
+            conn.execute(statement, {"rows": ROWS, "stuck": STUCK})
+        conn.execute("ANALYZE")
+        yield conn
+    admin("DROP DATABASE {} WITH (FORCE)", name)
+
+
+def plan_nodes(
+    conn: psycopg.Connection[Any], query: LiteralString, params: dict[str, Any]
+) -> list[dict[str, Any]]:
+    [(document,)] = conn.execute("EXPLAIN (FORMAT JSON) " + query, params).fetchall()
+    plan = document[0]["Plan"] if isinstance(document, list) else json.loads(document)[0]["Plan"]
+    nodes, todo = [], [plan]
+    while todo:
+        node = todo.pop()
+        nodes.append(node)
+        todo.extend(node.get("Plans", []))
+    return nodes
+
+
+DUE = datetime.now().astimezone() - timedelta(minutes=1)
+
+
+@pytest.mark.parametrize(
+    ("query", "params", "table", "index"),
+    [
+        (
+            reconcile.QUERIES["claim_order"],
+            {"stuck_after": timedelta(minutes=30), "due_before": DUE},
+            "orders",
+            "orders_stuck_idx",
+        ),
+        (
+            reconcile.QUERIES["claim_refund"],
+            {"stuck_after": timedelta(minutes=30), "due_before": DUE},
+            "refunds",
+            "refunds_stuck_idx",
+        ),
+        (
+            reconcile.QUERIES["claim_orphan_refund"],
+            {"stuck_after": timedelta(minutes=5), "due_before": DUE},
+            "refunds",
+            "refunds_orphan_idx",
+        ),
+        (
+            reconcile.QUERIES["claim_subscription"],
+            {"stuck_after": timedelta(minutes=30), "due_before": DUE},
+            "user_subscriptions",
+            "user_subscriptions_pending_idx",
+        ),
+        (
+            subscriptions.QUERIES["claim_ended_trials"],
+            {"limit": 50},
+            "user_subscriptions",
+            "user_subscriptions_trial_idx",
+        ),
+        (
+            webhooks.QUERIES["claim_stuck"],
+            {"older_than": timedelta(minutes=2), "limit": 1000},
+            "hyperswitch_webhook_log",
+            "webhook_log_queued_idx",
+        ),
+        (
+            retention.QUERIES["delete_expired"],
+            {"older_than": timedelta(days=90), "limit": 10_000},
+            "hyperswitch_webhook_log",
+            "webhook_log_expirable_idx",
+        ),
+    ],
+    ids=["orders", "refunds", "orphan-refunds", "subscriptions", "trial-end", "redrive", "retention"],
+)
+def test_each_sweep_reads_its_table_through_its_index(
+    big: psycopg.Connection[Any], query: LiteralString, params: dict[str, Any], table: str, index: str
+) -> None:
+    nodes = plan_nodes(big, query, params)
+
+    on_table = [n for n in nodes if n.get("Relation Name") == table]
+    assert on_table, nodes
+    assert all(n["Node Type"] != "Seq Scan" for n in on_table), [n["Node Type"] for n in on_table]
+    assert index in {n.get("Index Name") for n in nodes}, [
+        (n["Node Type"], n.get("Index Name")) for n in nodes
+    ]
