@@ -186,3 +186,12 @@ def run_cli(*args: str, settings: Settings | None = None, **env: str) -> subproc
     configured.update(env)
     command = [sys.executable, "-m", "veza_worker.cli", *args]
     return subprocess.run(command, env=configured, capture_output=True, text=True, timeout=60)
+
+
+def at_once(*calls: Callable[[], None]) -> None:
+    """Run the calls in threads started together, and wait for all of them."""
+    threads = [threading.Thread(target=call) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +10,7 @@ import dramatiq
 import psycopg
 import pytest
 
-from tests.support import envelope, join, log_rows, post_webhook, store
+from tests.support import at_once, envelope, join, log_rows, post_webhook, store
 from veza_worker import actors, events, webhooks
 from veza_worker.settings import Settings
 
@@ -129,11 +128,7 @@ def test_the_same_message_consumed_twice_at_once_is_applied_once(
                 )
             )
 
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    at_once(*[run] * 2)
 
     assert results == ["ok", "ok"]  # the second found the row final and changed nothing
     assert counting_handler == ["evt_twice"]

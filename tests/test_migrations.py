@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ import psycopg
 import pytest
 
 from tests.conftest import admin, url_for
+from tests.support import at_once
 from veza_worker import db
 
 
@@ -44,11 +44,7 @@ def test_two_concurrent_migrations_do_not_collide(fresh_url: str) -> None:
         except Exception as exc:  # collected, so the assertion below shows it
             outcomes.append(exc)
 
-    threads = [threading.Thread(target=run) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    at_once(*[run] * 3)
 
     applied = sorted(len(o["applied"]) for o in outcomes)
     assert applied == [0, 0, len(db.migration_files(db.migrations_dir()))], outcomes

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 from tests.conftest import PSP_API_KEY
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, settle_payment, settle_refund, webhook_body
 from tests.support import (
+    at_once,
     join,
     log_rows,
     make_order,
@@ -196,11 +196,7 @@ def test_two_ticks_in_parallel_check_each_row_once(
             totals.append(reconcile.tick(own, own_client, psp_settings)["orders"]["checked"])
         own_client.close()
 
-    threads = [threading.Thread(target=run) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    at_once(*[run] * 3)
 
     assert sum(totals) == 20 and len(gets(fake)) == 20
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import threading
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -17,6 +17,7 @@ from psycopg import sql
 from tests.conftest import PSP_API_KEY
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, settle_payment, settle_refund, webhook_body
 from tests.support import (
+    at_once,
     log_rows,
     make_order,
     make_pending_refund,
@@ -202,11 +203,7 @@ def test_two_requests_at_once_open_one_refund(
                 outcomes.append(str(exc))
         psp_client.close()
 
-    threads = [threading.Thread(target=ask, args=(by,)) for by in (BUYER, SELLER_A, SELLER_B, BUYER)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    at_once(*[functools.partial(ask, by) for by in (BUYER, SELLER_A, SELLER_B, BUYER)])
 
     assert sorted(outcomes) == ["pending", *["refund already in progress"] * 3]
     assert len(rows(conn, "SELECT 1 FROM refunds")) == 1 and len(fake.refunds) == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 
 from tests.conftest import PSP_API_KEY
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, webhook_body
-from tests.support import join, log_rows, post_webhook, process, row, rows, run_cli, store_event
+from tests.support import at_once, join, log_rows, post_webhook, process, row, rows, run_cli, store_event
 from veza_worker import errors, hyperswitch, subscriptions
 from veza_worker.settings import Settings
 
@@ -218,11 +217,7 @@ def test_two_subscribes_at_once_create_one_subscription_and_one_charge(
             outcomes.append(subscriptions.subscribe(own, own_client, USER, monthly))
         own_client.close()
 
-    threads = [threading.Thread(target=subscribe) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    at_once(*[subscribe] * 4)
 
     assert len({json.dumps(o, sort_keys=True) for o in outcomes}) == 1 and len(outcomes) == 4
     assert len(rows(conn, "SELECT 1 FROM user_subscriptions")) == 1 and len(fake.payments) == 1
@@ -443,11 +438,7 @@ def test_two_trial_end_sweeps_at_once_never_invoice_twice(
             totals.append(subscriptions.end_trials(own, own_client, batch_size=2))
         own_client.close()
 
-    threads = [threading.Thread(target=sweep) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    at_once(*[sweep] * 3)
 
     assert sum(t["ended"] for t in totals) == 12
     assert len(invoices(conn)) == 12 and len(fake.payments) == 12

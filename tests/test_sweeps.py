@@ -11,7 +11,7 @@ import dramatiq
 import psycopg
 import pytest
 
-from tests.support import envelope, join, log_rows, run_cli, store
+from tests.support import at_once, envelope, join, log_rows, run_cli, store
 from veza_worker import retention, webhooks
 
 
@@ -62,11 +62,7 @@ def test_two_redrives_at_once_send_each_row_once(database_url: str, conn: psycop
         with psycopg.connect(database_url) as own:
             webhooks.redrive(own, enqueue, limit=20)
 
-    threads = [threading.Thread(target=run) for _ in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    at_once(*[run] * 12)
 
     assert len(sent) == len(set(sent)) == 200
     assert sorted(sent) == ids

@@ -1,13 +1,16 @@
-"""Hyperswitch webhook bodies: signatures and envelopes. Pure functions, no I/O."""
+"""Hyperswitch webhook bodies: signatures, envelopes and what a payment object says was paid."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
+
+log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "x-webhook-signature-512"
 
@@ -95,7 +98,26 @@ def parse(body: bytes | str) -> Event:
     return Event(event_type, _text(document.get("event_id")), object_type, data)
 
 
-def paid(payment: Mapping[str, Any]) -> tuple[int | None, Any]:
+def paid_in_full(payment: Mapping[str, Any], amount: int, currency: str, what: str) -> bool:
+    """True when a payment object paid exactly `amount` `currency`; else one ERROR line naming `what`.
+
+    An underpaid order or invoice must grant nothing, so a mismatch is never applied.
+    """
+    if _paid(payment) == (amount, currency):
+        return True
+    log.error(
+        "%s amount mismatch: psp amount=%r amount_received=%r currency=%r, expected %d %s",
+        what,
+        payment.get("amount"),
+        payment.get("amount_received"),
+        payment.get("currency"),
+        amount,
+        currency,
+    )
+    return False
+
+
+def _paid(payment: Mapping[str, Any]) -> tuple[int | None, Any]:
     """(amount, currency) a payment object says was paid; None when the amount is not a whole number
     or amount_received disagrees with it."""
     amount, received = _minor_units(payment.get("amount")), payment.get("amount_received")

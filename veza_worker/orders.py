@@ -110,16 +110,7 @@ def apply_payment(conn: db.Connection, order: Order, event: events.Event, refund
         conn.execute(QUERIES["fail_order"], {"order_id": order.id})
         log.info("order %s failed: %s", order.id, event.event_type)
         return "ok"
-    if events.paid(event.data) != (order.total_amount, order.currency):
-        log.error(
-            "order %s amount mismatch: psp amount=%r amount_received=%r currency=%r, expected %d %s",
-            order.id,
-            event.data.get("amount"),
-            event.data.get("amount_received"),
-            event.data.get("currency"),
-            order.total_amount,
-            order.currency,
-        )
+    if not events.paid_in_full(event.data, order.total_amount, order.currency, f"order {order.id}"):
         return "error: amount mismatch"
     _complete(conn, order, refund_window)
     return "ok"

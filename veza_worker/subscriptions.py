@@ -265,15 +265,7 @@ def apply_payment(
     if not succeeded:
         _fail(conn, subscription, invoice)
         return "ok"
-    if events.paid(event.data) != (invoice.amount, invoice.currency):
-        log.error(
-            "invoice %s amount mismatch: psp amount=%r currency=%r, expected %d %s",
-            invoice.id,
-            event.data.get("amount"),
-            event.data.get("currency"),
-            invoice.amount,
-            invoice.currency,
-        )
+    if not events.paid_in_full(event.data, invoice.amount, invoice.currency, f"invoice {invoice.id}"):
         return "error: amount mismatch"
     _pay(conn, subscription, invoice)
     return "ok"
