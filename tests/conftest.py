@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import tempfile
 import uuid
+import zlib
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -33,6 +37,15 @@ def admin(query: str, *names: str) -> None:
 
 def url_for(name: str) -> str:
     return make_conninfo(SERVER_URL, dbname=name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_session_per_redis_db() -> Iterator[None]:
+    """Test sessions on one machine share the tests' Redis database: they take turns, not messages."""
+    lock_path = Path(tempfile.gettempdir()) / f"veza-worker-tests-{zlib.crc32(TEST_REDIS_URL.encode())}.lock"
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture(scope="session")
