@@ -10,7 +10,7 @@ import dramatiq
 import psycopg
 import pytest
 
-from tests.support import at_once, envelope, join, log_rows, post_webhook, store
+from tests.support import at_once, envelope, join, log_rows, post_webhook, process, store
 from veza_worker import actors, events, webhooks
 from veza_worker.settings import Settings
 
@@ -188,3 +188,18 @@ def test_a_handler_that_fails_once_succeeds_on_retry(
     [row] = log_rows(conn)
     assert row["processing_result"] == "ok" and row["attempts"] == 1
     assert row["last_error"] == "ConnectionError: blip"
+
+
+def test_a_failed_final_attempt_never_overwrites_a_result_another_worker_wrote(
+    conn: psycopg.Connection[Any], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log_id = store(conn, envelope("payment_processing"))
+    conn.execute("UPDATE hyperswitch_webhook_log SET processing_result = 'ok' WHERE id = %s", [log_id])
+
+    def database_blip(*args: Any) -> str:
+        raise RuntimeError("connection lost before the row was read")
+
+    monkeypatch.setattr(webhooks, "apply", database_blip)
+    assert process(settings, log_id) == "error: RuntimeError: connection lost before the row was read"
+
+    assert log_rows(conn)[0]["processing_result"] == "ok"

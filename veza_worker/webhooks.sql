@@ -30,12 +30,13 @@ SELECT EXISTS (
 );
 
 -- finish_log --
--- The final processing_result of a delivery.
+-- The final processing_result of a delivery; a result already final is never overwritten.
 UPDATE hyperswitch_webhook_log
    SET processing_result = %(result)s,
        processed_at = now(),
        redrive_after = NULL
- WHERE id = %(log_id)s;
+ WHERE id = %(log_id)s
+   AND processing_result = 'queued';
 
 -- record_failure --
 -- A handler raised: count it, keep the message, and keep the redrive off while Dramatiq retries.
