@@ -86,10 +86,12 @@ def tick(conn: db.Connection, client: hyperswitch.Client, settings: Settings) ->
             _subscription,
         ),
     ]
-    return {
+    counts = {
         name: _phase(conn, client, settings, name, kind, claim, stuck_after, settle, due_before)
         for name, kind, claim, stuck_after, settle in phases
     }
+    log.info("reconcile tick %s", " ".join(f"{name}={dict(phase)}" for name, phase in counts.items()))
+    return counts
 
 
 def _phase(
