@@ -30,8 +30,6 @@ Handler = Callable[[db.Connection, events.Event, Settings], str]
 Enqueue = Callable[[int], Any]
 
 
-# event_type → the handler that applies it and returns the final processing_result.
-# Types with no entry end `skipped: unhandled <type>`, unless the object is a refund.
 def handle_payment(conn: db.Connection, event: events.Event, settings: Settings) -> str:
     """A terminal payment event, for the order or the subscription invoice that owns the payment."""
     payment_id = event.data.get("payment_id")
@@ -47,6 +45,8 @@ def handle_payment(conn: db.Connection, event: events.Event, settings: Settings)
     raise errors.UnknownObject("skipped: unknown payment")  # it may beat our own commit: retried
 
 
+# event_type → the handler that applies it and returns the final processing_result.
+# Types with no entry end `skipped: unhandled <type>`, unless the object is a refund.
 HANDLERS: dict[str, Handler] = {
     "payment_succeeded": handle_payment,
     "payment_failed": handle_payment,
@@ -144,9 +144,17 @@ def apply_synthetic(
         "content": {"type": content_type, "object": dict(obj)},
         "timestamp": datetime.now(UTC).isoformat(),
     }
-    payload = events.storable(json.dumps(envelope))
     record = Delivery(
-        payload, None, True, None, "queued", None, RECONCILER, str(uuid.uuid4()), event_type, None
+        payload=events.storable(json.dumps(envelope)),
+        payload_raw=None,
+        signature_valid=True,  # it came from the PSP's API over our authenticated client
+        signature_key_index=None,
+        processing_result="queued",
+        source_ip=None,
+        user_agent=RECONCILER,
+        request_id=str(uuid.uuid4()),
+        event_type=event_type,
+        event_id=None,
     )
     log_id = insert_log_sync(conn, record)
     return log_id, apply(conn, log_id, settings)
