@@ -163,7 +163,9 @@ def new_invoice(conn: db.Connection, subscription: Subscription, plan: Plan) -> 
 
 def _awaiting_payment(conn: db.Connection, live: Subscription, plan: Plan) -> Invoice:
     if live.status != "pending_payment":
-        raise errors.DomainError(f"user {live.user_id} already has an {live.status} subscription {live.id}")
+        raise errors.DomainError(
+            f"user {live.user_id} already has subscription {live.id}, which is {live.status}"
+        )
     if live.plan_id != plan.id:
         raise errors.DomainError(
             f"user {live.user_id} has subscription {live.id} awaiting payment for another plan:"
