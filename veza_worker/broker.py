@@ -1,13 +1,12 @@
 """The Dramatiq broker, and the resources a worker process opens at boot.
 
 The only module that reads the environment at import: Dramatiq binds actors to the broker
-when their module is imported.
+when their module is imported, so the broker must exist, on REDIS_URL, by then.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import dramatiq
@@ -17,7 +16,7 @@ from dramatiq.middleware import CurrentMessage, Middleware
 from psycopg_pool import ConnectionPool
 
 from veza_worker import db, hyperswitch
-from veza_worker.settings import DEFAULT_REDIS_URL, Settings
+from veza_worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,9 @@ class Resources(Middleware):
 
 
 resources = Resources()
-broker = make_broker(os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL)
+# Fail fast: a bad variable stops every process that imports the actors (worker, web, clock) at
+# start-up, with the variable named, instead of failing on the first message.
+broker = make_broker(Settings.from_env().redis_url)
 broker.add_middleware(CurrentMessage())
 broker.add_middleware(resources)
 dramatiq.set_broker(broker)
