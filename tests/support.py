@@ -39,11 +39,11 @@ def join(broker: dramatiq.Broker, timeout_ms: int = 20_000) -> None:
 class ServerThread:
     """uvicorn serving an app on a free loopback port, in a thread."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, **config_options: Any) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(app, log_level="info", lifespan="on")
+        config = uvicorn.Config(app, log_level="info", lifespan="on", **config_options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 

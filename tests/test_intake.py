@@ -23,8 +23,21 @@ from veza_worker.settings import Settings
         (b'{"content": {}}', "error: missing event_type"),
         (envelope("dispute_opened"), "skipped: unhandled dispute_opened"),
         (envelope("mandate_active"), "skipped: unhandled mandate_active"),
+        (b'{"event_type": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "error: invalid json"),
+        (
+            b'{"event_type": "payment_succeeded", "content": {"object": {"payment_id": 7}}}',
+            "error: missing payment_id",
+        ),
     ],
-    ids=["malformed", "not-an-object", "no-event-type", "dispute", "mandate"],
+    ids=[
+        "malformed",
+        "not-an-object",
+        "no-event-type",
+        "dispute",
+        "mandate",
+        "too-deep",
+        "payment-id-not-text",
+    ],
 )
 def test_bodies_that_cannot_be_applied_end_with_a_final_result_and_no_retry(
     receiver: str,

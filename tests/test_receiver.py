@@ -201,6 +201,18 @@ def test_headers_in_odd_encodings_are_stored_as_text(receiver: str, conn: psycop
     assert row["request_id"] == "\ufffd\ufffd-latin"
 
 
+@pytest.mark.parametrize("forwarded_for", ["not-an-ip", "unknown", "_hidden"])
+def test_a_client_address_that_is_not_an_ip_is_stored_as_text(
+    settings: Settings, conn: psycopg.Connection[Any], forwarded_for: str
+) -> None:
+    app = create_app(settings)
+    with ServerThread(app, proxy_headers=True, forwarded_allow_ips="*") as server:
+        response = post_webhook(server.url, envelope(), **{"x-forwarded-for": forwarded_for})
+
+    assert response.status_code == 200
+    assert log_rows(conn)[0]["source_ip"] == forwarded_for
+
+
 def test_health_and_readiness(receiver: str) -> None:
     assert httpx.get(f"{receiver}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{receiver}/readyz")
