@@ -26,8 +26,6 @@ from veza_worker import (
 )
 from veza_worker.settings import Settings
 
-log = logging.getLogger(__name__)
-
 Command = Callable[[argparse.Namespace, Settings], Any]
 
 

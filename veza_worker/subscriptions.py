@@ -16,7 +16,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from psycopg.rows import class_row
 
@@ -25,7 +25,7 @@ from veza_worker import db, errors, events, hyperswitch
 log = logging.getLogger(__name__)
 QUERIES = db.load_queries(__name__)
 
-LIVE = ("active", "trialing", "pending_payment")
+Row = TypeVar("Row")
 NOT_CONFIGURED = "payment provider not configured — paid plans temporarily unavailable"
 TRIAL_END_BATCH = 50
 
@@ -61,26 +61,21 @@ class Invoice:
     client_secret: str | None
 
 
-def _one(conn: db.Connection, kind: type[Any], query: str, **params: Any) -> Any:
+def _one(conn: db.Connection, kind: type[Row], query: str, **params: Any) -> Row | None:
     with conn.cursor(row_factory=class_row(kind)) as cur:
         return cur.execute(QUERIES[query], params).fetchone()
 
 
 def lock(conn: db.Connection, subscription_id: uuid.UUID) -> Subscription | None:
-    found: Subscription | None = _one(
-        conn, Subscription, "lock_subscription", subscription_id=subscription_id
-    )
-    return found
+    return _one(conn, Subscription, "lock_subscription", subscription_id=subscription_id)
 
 
 def lock_invoice(conn: db.Connection, invoice_id: uuid.UUID) -> Invoice | None:
-    found: Invoice | None = _one(conn, Invoice, "lock_invoice", invoice_id=invoice_id)
-    return found
+    return _one(conn, Invoice, "lock_invoice", invoice_id=invoice_id)
 
 
 def pending_invoice(conn: db.Connection, subscription_id: uuid.UUID) -> Invoice | None:
-    found: Invoice | None = _one(conn, Invoice, "pending_invoice", subscription_id=subscription_id)
-    return found
+    return _one(conn, Invoice, "pending_invoice", subscription_id=subscription_id)
 
 
 def find_invoice_by_payment(conn: db.Connection, payment_id: str) -> tuple[uuid.UUID, uuid.UUID] | None:
@@ -98,10 +93,10 @@ def subscribe(
     """`{subscription_id, status, client_secret?, payment_id?}`; a pending one to the same plan comes back."""
     with conn.transaction():
         conn.execute(QUERIES["lock_user"], {"user_id": user_id})
-        plan: Plan | None = _one(conn, Plan, "get_plan", plan_id=plan_id)
+        plan = _one(conn, Plan, "get_plan", plan_id=plan_id)
         if plan is None:
             raise errors.NotFound(f"plan {plan_id} not found")
-        live: Subscription | None = _one(conn, Subscription, "lock_live_subscription", user_id=user_id)
+        live = _one(conn, Subscription, "lock_live_subscription", user_id=user_id)
         if live is None:
             subscription, invoice = _create(conn, client, user_id, plan)
         else:
@@ -310,7 +305,7 @@ _DENIED = {
 def status(conn: db.Connection, user_id: uuid.UUID) -> dict[str, Any]:
     """Only active and trialing grant features."""
     with conn.transaction():
-        subscription: Subscription | None = _one(conn, Subscription, "latest_subscription", user_id=user_id)
+        subscription = _one(conn, Subscription, "latest_subscription", user_id=user_id)
     if subscription is None:
         return {"user_id": str(user_id), "allowed": False, "reason": "no subscription", "status": None}
     out = {
@@ -357,7 +352,7 @@ def end_trials(
 
 
 def _end_trial(conn: db.Connection, subscription: Subscription) -> tuple[Subscription, Invoice | None]:
-    plan: Plan | None = _one(conn, Plan, "get_plan", plan_id=subscription.plan_id)
+    plan = _one(conn, Plan, "get_plan", plan_id=subscription.plan_id)
     assert plan is not None
     if plan.amount == 0:
         conn.execute(QUERIES["activate"], {"subscription_id": subscription.id})
