@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from tests.support import at_once, envelope, join, log_rows, post_webhook, process, store
-from veza_worker import actors, events, webhooks
+from veza_worker import actors, db, events, webhooks
 from veza_worker.settings import Settings
 
 
@@ -216,3 +216,14 @@ def test_a_failed_final_attempt_never_overwrites_a_result_another_worker_wrote(
     assert process(settings, log_id) == "error: RuntimeError: connection lost before the row was read"
 
     assert log_rows(conn)[0]["processing_result"] == "ok"
+
+
+def test_worker_connections_fail_on_a_long_lock_wait_instead_of_hanging(database_url: str) -> None:
+    pool = db.make_pool(database_url, max_size=1)
+    try:
+        with pool.connection() as conn:
+            lock_timeout = conn.execute("SHOW lock_timeout").fetchone()
+            statement_timeout = conn.execute("SHOW statement_timeout").fetchone()
+    finally:
+        pool.close()
+    assert (lock_timeout, statement_timeout) == (("30s",), ("1min",))

@@ -40,6 +40,12 @@ def connect(database_url: str, *, autocommit: bool = False) -> Connection:
     return psycopg.connect(database_url, autocommit=autocommit, connect_timeout=5)
 
 
+# A worker's statements fail instead of hanging: a handler stuck behind a lock raises like any
+# other failure (retried, then `error: ...`) long before Dramatiq's 10-minute time limit would
+# kill its thread mid-transaction. 30 s outlasts a reconcile tick's PSP call made under a row lock.
+WORKER_SESSION = "-c lock_timeout=30s -c statement_timeout=60s"
+
+
 def make_pool(database_url: str, *, max_size: int) -> ConnectionPool[Connection]:
     """A pool for a worker process; a dead database fails a checkout within 5 s."""
     return ConnectionPool(
@@ -47,7 +53,7 @@ def make_pool(database_url: str, *, max_size: int) -> ConnectionPool[Connection]
         min_size=1,
         max_size=max_size,
         timeout=5,
-        kwargs={"connect_timeout": 5},
+        kwargs={"connect_timeout": 5, "options": WORKER_SESSION},
         open=True,
     )
 
