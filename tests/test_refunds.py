@@ -127,9 +127,10 @@ def test_a_seller_of_the_order_may_refund_a_stranger_may_not(
         ({"status": "refunded"}, "is refunded: only completed orders can be refunded"),
         ({"status": "refund_pending"}, "refund already in progress"),
         ({"payment_id": None}, "has no payment to refund"),
+        ({"total_amount": 0}, "has no payment to refund"),
         ({"refund_deadline": "2020-01-01T00:00:00Z"}, "refund window closed on 2020-01-01 00:00 UTC"),
     ],
-    ids=["pending", "failed", "refunded", "in-progress", "no-payment", "past-deadline"],
+    ids=["pending", "failed", "refunded", "in-progress", "no-payment", "free-order", "past-deadline"],
 )
 def test_each_phase_one_rejection_has_its_own_message_and_writes_nothing(
     conn: psycopg.Connection[Any],

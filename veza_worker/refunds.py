@@ -126,7 +126,7 @@ def _refundable(order: orders.Order, refund_window: timedelta) -> str:
         raise errors.DomainError("refund already in progress")
     if order.status != "completed":
         raise errors.DomainError(f"order {order.id} is {order.status}: only completed orders can be refunded")
-    if order.payment_id is None:
+    if order.payment_id is None or order.total_amount == 0:
         raise errors.DomainError(f"order {order.id} has no payment to refund")
     deadline = order.refund_deadline or (order.completed_at and order.completed_at + refund_window)
     if deadline is None:
