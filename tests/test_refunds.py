@@ -185,6 +185,18 @@ def test_a_second_request_while_one_is_pending_is_refused(
     assert len(fake.refunds) == 1
 
 
+def test_a_pending_refund_the_order_status_does_not_show_still_blocks_a_second_one(
+    conn: psycopg.Connection[Any], settings: Settings, client: hyperswitch.Client, fake: FakeHyperswitch
+) -> None:
+    order_id = completed_order(conn, settings, fake)
+    request(conn, client, order_id)
+    conn.execute("UPDATE orders SET status = 'completed'")  # the host app reopened it by hand
+
+    with pytest.raises(errors.DomainError, match="refund already in progress"):
+        request(conn, client, order_id)
+    assert len(rows(conn, "SELECT 1 FROM refunds")) == 1 and len(fake.refunds) == 1
+
+
 def test_two_requests_at_once_open_one_refund(
     database_url: str,
     conn: psycopg.Connection[Any],

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 from psycopg.rows import class_row
 
 from veza_worker import db, errors, hyperswitch, orders
@@ -102,19 +103,23 @@ def open_refund(
         payment_id = _refundable(order, refund_window)
         refund_id = uuid.uuid4()
         opened = Opened(refund_id, hyperswitch.merchant_id("ref", refund_id), order.id, payment_id)
-        conn.execute(
-            QUERIES["insert_refund"],
-            {
-                "id": refund_id,
-                "order_id": order.id,
-                "requested_by": requested_by,
-                "amount": order.total_amount,
-                "currency": order.currency,
-                "reason": reason,
-                "note": note,
-                "hyperswitch_refund_id": opened.hyperswitch_refund_id,
-            },
-        )
+        try:
+            with conn.transaction():  # a savepoint: the UNIQUE below may refuse the row
+                conn.execute(
+                    QUERIES["insert_refund"],
+                    {
+                        "id": refund_id,
+                        "order_id": order.id,
+                        "requested_by": requested_by,
+                        "amount": order.total_amount,
+                        "currency": order.currency,
+                        "reason": reason,
+                        "note": note,
+                        "hyperswitch_refund_id": opened.hyperswitch_refund_id,
+                    },
+                )
+        except psycopg.errors.UniqueViolation as exc:  # a pending refund the order status did not show
+            raise errors.DomainError("refund already in progress") from exc
         _set_order_status(conn, order.id, "refund_pending")
     log.info("refund %s opened for order %s by %s", opened.hyperswitch_refund_id, order.id, requested_by)
     return opened
