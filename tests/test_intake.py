@@ -149,7 +149,6 @@ def test_the_same_message_consumed_twice_at_once_is_applied_once(
 
 
 def test_a_failing_handler_is_retried_then_the_row_ends_in_error(
-    receiver: str,
     conn: psycopg.Connection[Any],
     broker: dramatiq.Broker,
     worker: dramatiq.Worker,
