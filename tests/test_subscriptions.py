@@ -125,6 +125,7 @@ def test_a_first_trial_needs_no_psp_and_a_second_trial_is_not_given(
     assert second["status"] == "pending_payment" and second["client_secret"]
     assert the_subscription(conn)["trial_ends_at"] is None
     assert len(fake.calls) == 1 and len(invoices(conn)) == 1
+    assert fake.calls[0].headers["idempotency-key"] == second["subscription_id"]
 
 
 def test_subscribing_again_while_pending_returns_the_same_payment_without_a_second_charge(
