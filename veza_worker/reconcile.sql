@@ -19,10 +19,12 @@ SELECT o.id, o.payment_id AS psp_id, now() - o.created_at AS stuck_for, coalesce
    FOR UPDATE OF o SKIP LOCKED;
 
 -- claim_refund --
--- One submitted refund with no final answer after stuck_after (refunds_stuck_idx).
+-- One submitted refund with no final answer after stuck_after (refunds_stuck_idx). Its order is
+-- the row locked: every writer locks the order before the refund.
 SELECT r.id, r.hyperswitch_refund_id AS psp_id, now() - r.submitted_at AS stuck_for,
        coalesce(s.checks, 0) AS checks
   FROM refunds r
+  JOIN orders o ON o.id = r.order_id
   LEFT JOIN reconcile_state s ON s.kind = 'refund' AND s.row_id = r.id
  WHERE r.status = 'pending'
    AND r.submitted_at IS NOT NULL
@@ -30,14 +32,15 @@ SELECT r.id, r.hyperswitch_refund_id AS psp_id, now() - r.submitted_at AS stuck_
    AND (s.last_checked_at IS NULL OR s.last_checked_at < %(due_before)s)
  ORDER BY s.last_checked_at NULLS FIRST, r.submitted_at
  LIMIT 1
-   FOR UPDATE OF r SKIP LOCKED;
+   FOR UPDATE OF o SKIP LOCKED;
 
 -- claim_orphan_refund --
 -- One refund never submitted (phase 2 crashed or was ambiguous), older than orphan_after
--- (refunds_orphan_idx).
+-- (refunds_orphan_idx). Its order is the row locked, as above.
 SELECT r.id, r.hyperswitch_refund_id AS psp_id, now() - r.created_at AS stuck_for,
        coalesce(s.checks, 0) AS checks
   FROM refunds r
+  JOIN orders o ON o.id = r.order_id
   LEFT JOIN reconcile_state s ON s.kind = 'refund' AND s.row_id = r.id
  WHERE r.status = 'pending'
    AND r.submitted_at IS NULL
@@ -45,7 +48,7 @@ SELECT r.id, r.hyperswitch_refund_id AS psp_id, now() - r.created_at AS stuck_fo
    AND (s.last_checked_at IS NULL OR s.last_checked_at < %(due_before)s)
  ORDER BY s.last_checked_at NULLS FIRST, r.created_at
  LIMIT 1
-   FOR UPDATE OF r SKIP LOCKED;
+   FOR UPDATE OF o SKIP LOCKED;
 
 -- claim_subscription --
 -- One subscription in pending_payment for longer than stuck_after (user_subscriptions_pending_idx),
