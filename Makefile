@@ -34,4 +34,5 @@ lint: install
 check: lint test
 
 bench: install services
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/receiver
