@@ -28,8 +28,10 @@ QUERIES = db.load_queries(__name__)
 NEEDS_A_HUMAN_AFTER = 5  # PSP answers that left a row stuck
 COOL_DOWN = timedelta(minutes=1)  # a row checked this recently is not asked about again
 
-# Hyperswitch's IntentStatus values that end a payment, and the event each one stands for.
+# Hyperswitch's IntentStatus values that end a payment, and the event each one stands for;
+# `not_found` is _fetch's stand-in for a payment the PSP never had: no money was taken.
 PAYMENT_EVENTS = {
+    "not_found": "payment_failed",
     "succeeded": "payment_succeeded",
     "failed": "payment_failed",
     "cancelled": "payment_cancelled",
@@ -197,7 +199,7 @@ def _order(conn: db.Connection, client: hyperswitch.Client, settings: Settings, 
     if payment is None:
         return Outcome("psp_error")
     status = str(payment.get("status"))
-    event_type = "payment_failed" if status == "not_found" else PAYMENT_EVENTS.get(status)
+    event_type = PAYMENT_EVENTS.get(status)
     if event_type is None:
         return Outcome("unchanged", status)
     return _synthetic(conn, settings, event_type, "payment_details", payment)
@@ -242,7 +244,7 @@ def _subscription(
     if payment is None:
         return Outcome("psp_error")
     status = str(payment.get("status"))
-    event_type = "payment_failed" if status == "not_found" else PAYMENT_EVENTS.get(status)
+    event_type = PAYMENT_EVENTS.get(status)
     if event_type is not None:
         return _synthetic(conn, settings, event_type, "payment_details", payment)
     invoice = subscriptions.pending_invoice(conn, stuck.id)
