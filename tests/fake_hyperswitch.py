@@ -1,6 +1,6 @@
 """A fake Hyperswitch v1 at its HTTP boundary: the one fake the tests allow.
 
-It answers the four calls veza-worker makes the way the real server does (api-key check, request
+It answers the calls veza-worker makes the way the real server does (api-key check, request
 bodies validated against the OpenAPI spec with unknown fields refused, 400 HE_01 for a repeated
 merchant id without replaying, 404 HE_02 for an unknown object), and it can send signed webhooks
 like the real one. Tests script failures; a person can run it for the README walk-through:
@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 import httpx
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -63,6 +64,11 @@ class FakeHyperswitch:
     webhook_secret: str | None = None
     payments: dict[str, dict[str, Any]] = field(default_factory=dict)
     refunds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Saved payment methods (pm_...) → the customer they belong to.
+    payment_methods: dict[str, str] = field(default_factory=dict)
+    # What the next off-session charges come back as (then "succeeded"): succeeded, failed,
+    # requires_customer_action (the bank wants 3DS), processing.
+    off_session_outcomes: list[str] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)  # spec violations in our requests
     failures: dict[str, list[Failure]] = field(default_factory=dict)
@@ -75,6 +81,11 @@ class FakeHyperswitch:
 
     def calls_to(self, method: str, path_prefix: str) -> list[Call]:
         return [c for c in self.calls if c.method == method and c.path.startswith(path_prefix)]
+
+    def save_payment_method(self, customer_id: str) -> str:
+        method = f"pm_{secrets.token_hex(10)}"
+        self.payment_methods[method] = customer_id
+        return method
 
 
 def _error(status: int, code: str, message: str, shape: str = "nested") -> JSONResponse:
@@ -106,15 +117,21 @@ async def _fail(failure: Failure) -> Response:
     return _error(failure.status, failure.code, failure.message, failure.shape)
 
 
-async def _reply(fake: FakeHyperswitch, route: str, obj: dict[str, Any]) -> Response:
-    """The created object, unless a failure was scripted for after the PSP acted."""
+async def _reply(
+    fake: FakeHyperswitch, route: str, obj: dict[str, Any], *, webhook: str | None = None
+) -> Response:
+    """The object, unless a failure was scripted for after the PSP acted; `webhook` is sent once
+    the answer has gone (the real server sends it on the status change, in its own time)."""
     hook = fake.before_reply.get(route)
     if hook is not None:
         await anyio.to_thread.run_sync(hook, obj)
+    background = BackgroundTask(_send_webhook, fake, webhook, dict(obj)) if webhook else None
     scripted = fake.failures.get(route)
     if scripted and scripted[0].acted:
-        return await _fail(scripted.pop(0))
-    return JSONResponse(obj)
+        failed = await _fail(scripted.pop(0))
+        failed.background = background
+        return failed
+    return JSONResponse(obj, background=background)
 
 
 def _invalid(fake: FakeHyperswitch, schema: str, body: Any) -> Response | None:
@@ -129,12 +146,13 @@ async def create_payment(request: Request) -> Response:
     fake: FakeHyperswitch = request.app.state.fake
     body, refused = await _guard(request, fake, "POST /payments")
     if refused is None:
-        refused = _invalid(fake, "PaymentsCreateRequest", body)
+        refused = _invalid(fake, "PaymentsCreateRequest", body) or _invalid_recurring(fake, body)
     if refused is not None:
         return refused
     payment_id = body.get("payment_id") or f"pay_{secrets.token_hex(13)}"
     if payment_id in fake.payments:
         return _error(400, "HE_01", "The payment with the specified payment_id already exists in our records")
+    customer_id = (body.get("customer") or {}).get("id")
     fake.payments[payment_id] = {
         "payment_id": payment_id,
         "merchant_id": MERCHANT,
@@ -150,11 +168,72 @@ async def create_payment(request: Request) -> Response:
         "attempt_count": 1,
         "metadata": body.get("metadata"),
         "description": body.get("description"),
+        "customer_id": customer_id,
+        "setup_future_usage": body.get("setup_future_usage"),
+        "off_session": body.get("off_session"),
+        "payment_method_id": None,
         "created": _now(),
         "error_code": None,
         "error_message": None,
     }
-    return await _reply(fake, "POST /payments", fake.payments[payment_id])
+    payment = fake.payments[payment_id]
+    if body.get("off_session"):
+        outcome = fake.off_session_outcomes.pop(0) if fake.off_session_outcomes else "succeeded"
+        payment["payment_method_id"] = body["recurring_details"]["data"]
+        _charge(payment, outcome)
+        if payment["status"] in ("succeeded", "failed"):  # the real server also sends the webhook
+            return await _reply(fake, "POST /payments", payment, webhook=_payment_event(payment["status"]))
+    return await _reply(fake, "POST /payments", payment)
+
+
+def _invalid_recurring(fake: FakeHyperswitch, body: Any) -> Response | None:
+    """The server's own checks (IR_16) on a merchant-initiated charge, and a customer for saving."""
+    customer_id = (body.get("customer") or {}).get("id")
+    if body.get("setup_future_usage") == "off_session" and not customer_id:
+        return _error(400, "IR_04", "Missing required param: customer_id")
+    recurring = body.get("recurring_details")
+    if recurring is None:
+        return None
+    if body.get("confirm") is not True or body.get("off_session") is not True:
+        return _error(400, "IR_16", "`confirm` and `off_session` must be true for a recurring payment")
+    owner = fake.payment_methods.get(recurring.get("data"))
+    if owner is None or owner != customer_id:
+        return _error(400, "IR_16", "payment method does not belong to this customer")
+    return None
+
+
+def _charge(payment: dict[str, Any], outcome: str) -> None:
+    payment["status"] = outcome
+    if outcome == "succeeded":
+        payment["amount_received"] = payment["amount"]
+        payment["amount_capturable"] = 0
+    elif outcome == "failed":
+        payment["error_code"], payment["error_message"] = "card_declined", "Your card was declined"
+
+
+def _payment_event(status: str) -> str:
+    return {"succeeded": "payment_succeeded", "failed": "payment_failed"}.get(status, "payment_cancelled")
+
+
+async def cancel_payment(request: Request) -> Response:
+    fake: FakeHyperswitch = request.app.state.fake
+    body, refused = await _guard(request, fake, "POST /payments/cancel")
+    if refused is None:
+        refused = _invalid(fake, "PaymentsCancelRequest", body)
+    if refused is not None:
+        return refused
+    payment = fake.payments.get(request.path_params["payment_id"])
+    if payment is None:
+        return _error(404, "HE_02", "Payment does not exist in our records")
+    if payment["status"] in FINAL:
+        message = f"This Payment could not be cancel because it has a status of {payment['status']}"
+        return _error(400, "IR_14", message)
+    payment["status"] = "cancelled"
+    payment["cancellation_reason"] = body.get("cancellation_reason")
+    return await _reply(fake, "POST /payments/cancel", payment, webhook="payment_cancelled")
+
+
+FINAL = {"succeeded", "failed", "cancelled", "cancelled_post_capture", "partially_captured", "expired"}
 
 
 async def get_payment(request: Request) -> Response:
@@ -216,11 +295,14 @@ async def get_refund(request: Request) -> Response:
 
 
 def settle_payment(fake: FakeHyperswitch, payment_id: str, outcome: str) -> dict[str, Any]:
+    """The customer finished (or abandoned) an on-session payment; one that asked to save its
+    method for off-session use now carries the saved method's id."""
     payment = fake.payments[payment_id]
-    payment["status"] = outcome
-    if outcome == "succeeded":
-        payment["amount_received"] = payment["amount"]
-        payment["amount_capturable"] = 0
+    _charge(payment, outcome)
+    if outcome == "succeeded" and payment.get("setup_future_usage") == "off_session":
+        payment["payment_method_id"] = payment["payment_method_id"] or fake.save_payment_method(
+            payment["customer_id"]
+        )
     return payment
 
 
@@ -234,7 +316,11 @@ def settle_refund(
 
 def webhook_body(event_type: str, obj: dict[str, Any]) -> bytes:
     """A delivery in Hyperswitch's envelope, with a fresh event_id."""
-    content_type = "refund_details" if event_type.startswith("refund_") else "payment_details"
+    content_type = {
+        "refund": "refund_details",
+        "mandate": "mandate_details",
+        "dispute": "dispute_details",
+    }.get(event_type.split("_")[0], "payment_details")
     envelope = {
         "merchant_id": MERCHANT,
         "event_id": f"evt_{uuid.uuid4().hex}",
@@ -254,14 +340,32 @@ async def control(request: Request) -> Response:
         return _error(404, "HE_02", f"{kind} {object_id} does not exist")
     if kind == "payments":
         obj = settle_payment(fake, object_id, outcome)
-        event_type = {"succeeded": "payment_succeeded", "failed": "payment_failed"}.get(
-            outcome, "payment_cancelled"
-        )
+        event_type = _payment_event(outcome)
     else:
         obj = settle_refund(fake, object_id, outcome, None if outcome == "succeeded" else "card expired")
         event_type = f"refund_{outcome}"
     delivered = await _send_webhook(fake, event_type, obj)
     return JSONResponse({"object": obj, "event_type": event_type, "webhook_status": delivered})
+
+
+def revoke_mandate(fake: FakeHyperswitch, payment_method_id: str) -> dict[str, Any]:
+    """The customer revoked the mandate behind a saved method (MandateResponse)."""
+    fake.payment_methods.pop(payment_method_id, None)
+    return {
+        "mandate_id": f"man_{secrets.token_hex(10)}",
+        "status": "revoked",
+        "payment_method_id": payment_method_id,
+        "payment_method": "card",
+        "payment_method_type": "credit",
+    }
+
+
+async def revoke(request: Request) -> Response:
+    """POST /_fake/mandates/{payment_method_id}/revoke: revoke it, send mandate_revoked."""
+    fake: FakeHyperswitch = request.app.state.fake
+    mandate = revoke_mandate(fake, request.path_params["payment_method_id"])
+    delivered = await _send_webhook(fake, "mandate_revoked", mandate)
+    return JSONResponse({"object": mandate, "event_type": "mandate_revoked", "webhook_status": delivered})
 
 
 async def _send_webhook(fake: FakeHyperswitch, event_type: str, obj: dict[str, Any]) -> int | None:
@@ -283,8 +387,10 @@ def create_fake(api_key: str, webhook_url: str | None = None, webhook_secret: st
         routes=[
             Route("/payments", create_payment, methods=["POST"]),
             Route("/payments/{payment_id}", get_payment, methods=["GET"]),
+            Route("/payments/{payment_id}/cancel", cancel_payment, methods=["POST"]),
             Route("/refunds", create_refund, methods=["POST"]),
             Route("/refunds/{refund_id}", get_refund, methods=["GET"]),
+            Route("/_fake/mandates/{payment_method_id:str}/revoke", revoke, methods=["POST"]),
             Route("/_fake/{kind:str}/{object_id:str}/{outcome:str}", control, methods=["POST"]),
         ]
     )

@@ -13,7 +13,7 @@ from referencing.jsonschema import DRAFT202012
 
 SPEC_PATH = Path(__file__).resolve().parent / "hyperswitch" / "openapi_spec_v1.json"
 # Request bodies the real server parses with serde's deny_unknown_fields.
-STRICT = {"PaymentsCreateRequest", "RefundRequest"}
+STRICT = {"PaymentsCreateRequest", "PaymentsCancelRequest", "RefundRequest"}
 
 
 def _json_schema(node: Any) -> Any:

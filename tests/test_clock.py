@@ -51,7 +51,14 @@ def test_the_clock_enqueues_each_sweep_and_does_no_work_itself(
     fast_clocks.pop().shutdown(wait=True)
 
     names = queued_actor_names(broker, "sweeps")
-    assert set(names) == {"redrive_webhooks", "cleanup_webhook_log", "end_trials", "reconcile"}
+    assert set(names) == {
+        "redrive_webhooks",
+        "cleanup_webhook_log",
+        "end_trials",
+        "renew_subscriptions",
+        "send_automatic_refunds",
+        "reconcile",
+    }
     assert names.count("redrive_webhooks") >= 3
     assert queued_actor_names(broker, "webhooks") == []  # the clock itself does no work
 
@@ -63,7 +70,13 @@ def test_reconciliation_is_not_scheduled_when_disabled(settings: Settings) -> No
 
     assert str(enabled.get_job("reconcile").trigger) == "interval[0:15:00]"
     assert disabled.get_job("reconcile") is None
-    assert {job.id for job in disabled.get_jobs()} == {"redrive", "trial_end", "retention"}
+    assert {job.id for job in disabled.get_jobs()} == {
+        "redrive",
+        "trial_end",
+        "renew",
+        "automatic_refunds",
+        "retention",
+    }
 
 
 def test_two_clocks_still_enqueue_each_stuck_row_once(

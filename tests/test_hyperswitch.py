@@ -33,8 +33,9 @@ def test_merchant_ids_are_30_characters_of_lowercase_base32_derived_from_the_uui
     assert len(payment_id) == 30 and re.fullmatch(r"pay_[a-z2-7]{26}", payment_id)
     assert hyperswitch.merchant_id("ref", row_id)[4:] == payment_id[4:]
     assert hyperswitch.merchant_id("pay", uuid.uuid4()) != payment_id
+    assert hyperswitch.merchant_id("cus", row_id)[4:] == payment_id[4:]  # a customer: keyed by the user
     with pytest.raises(ValueError):
-        hyperswitch.merchant_id("cus", row_id)
+        hyperswitch.merchant_id("usr", row_id)
 
 
 def test_a_create_sends_the_api_key_the_idempotency_key_and_a_body_valid_per_the_spec(
@@ -60,6 +61,7 @@ def test_a_refund_request_is_valid_per_the_spec(client: hyperswitch.Client, fake
     refund = client.create_refund(
         refund_id=refund_id,
         payment_id=payment["payment_id"],
+        amount=payment["amount"],
         reason="requested_by_customer",
         idempotency_key="refund-key",
         metadata={"order_id": "o", "note": "customer changed their mind"},
@@ -80,7 +82,12 @@ def test_an_empty_idempotency_key_raises_before_any_request(
         new_payment(client, key=key)
     with pytest.raises(ValueError, match="Idempotency-Key"):
         client.create_refund(
-            refund_id="r" * 30, payment_id="p" * 30, reason="duplicate", idempotency_key=key, metadata={}
+            refund_id="r" * 30,
+            payment_id="p" * 30,
+            amount=1,
+            reason="duplicate",
+            idempotency_key=key,
+            metadata={},
         )
     assert fake.calls == []
 
@@ -115,6 +122,7 @@ def test_a_repeated_refund_create_returns_the_existing_refund(
     args: dict[str, Any] = {
         "refund_id": refund_id,
         "payment_id": payment["payment_id"],
+        "amount": payment["amount"],
         "reason": "duplicate",
         "idempotency_key": "k",
         "metadata": {},

@@ -256,7 +256,9 @@ def test_an_ambiguous_psp_failure_changes_nothing_and_a_retry_refunds_once(
     refund = the_refund(conn)
     assert refund["status"] == "pending" and refund["submitted_at"] is None
     assert order_status(conn, order_id) == "refund_pending"
-    opened = refunds.Opened(refund["id"], refund["hyperswitch_refund_id"], order_id, fake_payment_id(fake))
+    opened = refunds.Opened(
+        refund["id"], refund["hyperswitch_refund_id"], order_id, fake_payment_id(fake), refund["amount"]
+    )
     refunds.submit(
         conn, client, opened, reason="requested_by_customer", note=None
     )  # the same refund_id again

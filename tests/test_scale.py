@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from tests.conftest import admin, url_for
-from veza_worker import reconcile, retention, subscriptions, webhooks
+from veza_worker import billing, reconcile, retention, webhooks
 
 ROWS = 200_000
 STUCK = 10
@@ -38,15 +38,29 @@ FILL = [
                  FROM orders) AS o""",
     "INSERT INTO subscription_plans (id, name, amount, currency, interval, trial_days)"
     " VALUES ('00000000-0000-4000-8000-000000000001', 'Pro', 999, 'EUR', 'month', 7)",
-    # 200k subscriptions: 10 pending_payment (with an invoice), 10 ended trials, the rest expired
-    """INSERT INTO user_subscriptions (user_id, plan_id, status, trial_ends_at, updated_at)
+    # 200k subscriptions: 10 pending_payment (with an invoice), 10 ended trials, 10 due for renewal,
+    # 10 past_due; of the rest, half active inside their period, half expired
+    """INSERT INTO user_subscriptions (user_id, plan_id, status, trial_ends_at, updated_at,
+                                       current_period_end, past_due_since)
        SELECT gen_random_uuid(), '00000000-0000-4000-8000-000000000001',
               CASE WHEN n <= %(stuck)s THEN 'pending_payment'
-                   WHEN n <= 2 * %(stuck)s THEN 'trialing' ELSE 'expired' END,
-              now() - interval '1 day', now() - interval '2 hours'
+                   WHEN n <= 2 * %(stuck)s THEN 'trialing'
+                   WHEN n <= 3 * %(stuck)s THEN 'active'
+                   WHEN n <= 4 * %(stuck)s THEN 'past_due'
+                   WHEN n %% 2 = 0 THEN 'active' ELSE 'expired' END,
+              now() - interval '1 day', now() - interval '2 hours',
+              CASE WHEN n <= 4 * %(stuck)s THEN now() - interval '1 hour'
+                   ELSE now() + make_interval(mins => n) END,
+              CASE WHEN n <= 4 * %(stuck)s THEN now() - interval '1 hour' END
          FROM generate_series(1, %(rows)s) AS n""",
-    """INSERT INTO subscription_invoices (subscription_id, amount, currency, payment_id)
-       SELECT id, 999, 'EUR', 'pay_s' || lpad(row_number() OVER ()::text, 25, '0')
+    # one paid invoice per subscription; the pending_payment ones have a pending one too
+    """INSERT INTO subscription_invoices (subscription_id, amount, currency, payment_id, status, created_at,
+                                          submitted_at)
+       SELECT id, 999, 'EUR', 'pay_s' || lpad(row_number() OVER ()::text, 25, '0'), 'paid',
+              now() - interval '40 days', now() - interval '40 days'
+         FROM user_subscriptions""",
+    """INSERT INTO subscription_invoices (subscription_id, amount, currency, payment_id, created_at)
+       SELECT id, 999, 'EUR', 'pay_p' || lpad(row_number() OVER ()::text, 25, '0'), now() - interval '2 hours'
          FROM user_subscriptions WHERE status = 'pending_payment'""",
     # 200k audit rows: 10 still queued, the rest processed
     """INSERT INTO hyperswitch_webhook_log (payload, signature_valid, processing_result, received_at)
@@ -106,16 +120,40 @@ DUE = datetime.now().astimezone() - timedelta(minutes=1)
             "refunds_orphan_idx",
         ),
         (
-            reconcile.QUERIES["claim_subscription"],
+            reconcile.QUERIES["claim_invoice"],
             {"stuck_after": timedelta(minutes=30), "due_before": DUE},
-            "user_subscriptions",
-            "user_subscriptions_pending_idx",
+            "subscription_invoices",
+            "subscription_invoices_pending_idx",
         ),
         (
-            subscriptions.QUERIES["claim_ended_trials"],
+            billing.QUERIES["claim_ended_trials"],
             {"limit": 50},
             "user_subscriptions",
             "user_subscriptions_trial_idx",
+        ),
+        (
+            billing.QUERIES["end_canceled"],
+            {"limit": 50},
+            "user_subscriptions",
+            "user_subscriptions_renewal_idx",
+        ),
+        (
+            billing.QUERIES["claim_due_renewals"],
+            {"limit": 50},
+            "user_subscriptions",
+            "user_subscriptions_renewal_idx",
+        ),
+        (
+            billing.QUERIES["claim_dunning"],
+            {"limit": 50, "delays": [timedelta(days=1), timedelta(days=3)]},
+            "user_subscriptions",
+            "user_subscriptions_past_due_idx",
+        ),
+        (
+            billing.QUERIES["unsent_invoices"],
+            {"older_than": timedelta(minutes=2), "limit": 50},
+            "subscription_invoices",
+            "subscription_invoices_pending_idx",
         ),
         (
             webhooks.QUERIES["claim_stuck"],
@@ -130,7 +168,19 @@ DUE = datetime.now().astimezone() - timedelta(minutes=1)
             "webhook_log_expirable_idx",
         ),
     ],
-    ids=["orders", "refunds", "orphan-refunds", "subscriptions", "trial-end", "redrive", "retention"],
+    ids=[
+        "orders",
+        "refunds",
+        "orphan-refunds",
+        "invoices",
+        "trial-end",
+        "canceled-at-period-end",
+        "renewals",
+        "dunning",
+        "unsent-invoices",
+        "redrive",
+        "retention",
+    ],
 )
 def test_each_sweep_reads_its_table_through_its_index(
     big: psycopg.Connection[Any], query: LiteralString, params: dict[str, Any], table: str, index: str

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import PSP_API_KEY
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, webhook_body
 from tests.support import at_once, join, log_rows, post_webhook, process, row, rows, run_cli, store_event
-from veza_worker import errors, hyperswitch, subscriptions
+from veza_worker import billing, errors, hyperswitch, subscriptions
 from veza_worker.settings import Settings
 
 USER = uuid.uuid4()
@@ -268,22 +268,25 @@ def test_a_yearly_plan_gets_a_year(
 
 
 @pytest.mark.parametrize("event_type", ["payment_failed", "payment_cancelled"])
-def test_a_failed_payment_expires_the_subscription_and_a_late_success_needs_a_human(
+def test_a_failed_payment_expires_the_subscription_and_a_late_success_is_refunded(
     conn: psycopg.Connection[Any],
     settings: Settings,
     pending: dict[str, Any],
     event_type: str,
-    caplog: pytest.LogCaptureFixture,
 ) -> None:
     assert process(settings, store_event(conn, event_type, paid(pending, "failed"))) == "ok"
     assert row(conn, "SELECT status FROM user_subscriptions")["status"] == "expired"
     assert invoices(conn)[0]["status"] == "failed"
 
     late = process(settings, store_event(conn, "payment_succeeded", paid(pending)))
+    replayed = process(settings, store_event(conn, "payment_succeeded", paid(pending)))
 
-    assert late == "skipped: invoice already failed"
+    assert (late, replayed) == ("ok", "skipped: invoice already refunded")
     assert row(conn, "SELECT status FROM user_subscriptions")["status"] == "expired"
-    assert any(r.levelname == "ERROR" and "needs a human" in r.getMessage() for r in caplog.records)
+    refund = row(conn, "SELECT * FROM refunds")
+    assert refund["invoice_id"] == invoices(conn)[0]["id"] and refund["order_id"] is None
+    assert (refund["amount"], refund["currency"], refund["status"]) == (999, "EUR", "pending")
+    assert refund["requested_by"] is None and refund["note"].startswith("automatic:")
 
 
 def test_an_underpaid_invoice_grants_nothing(
@@ -363,7 +366,9 @@ def test_the_gate_grants_only_active_and_trialing(
     conn: psycopg.Connection[Any], free: uuid.UUID, status: str, allowed: bool, reason: str | None
 ) -> None:
     subscriptions.subscribe(conn, None, USER, free)
-    conn.execute("UPDATE user_subscriptions SET status = %s", [status])
+    conn.execute(
+        "UPDATE user_subscriptions SET status = %s, trial_ends_at = now() + interval '1 day'", [status]
+    )
 
     view = subscriptions.status(conn, USER)
 
@@ -410,9 +415,17 @@ def test_trial_end_moves_ended_trials_in_batches_and_charges_each_once(
     ended = start_trials(conn, with_trial, 7)
     running = start_trials(conn, with_trial, 1, ended=False)
 
-    counts = subscriptions.end_trials(conn, client, batch_size=3)
+    counts = billing.end_trials(conn, client, batch_size=3)
 
-    assert counts == {"ended": 7, "charged": 7, "free": 0, "rejected": 0, "ambiguous": 0, "no_provider": 0}
+    assert counts == {
+        "ended": 7,
+        "charged": 7,
+        "free": 0,
+        "rejected": 0,
+        "ambiguous": 0,
+        "no_provider": 0,
+        "canceled": 0,
+    }
     for user in ended:
         subscription = the_subscription(conn, user)
         assert subscription["status"] == "pending_payment"
@@ -423,7 +436,7 @@ def test_trial_end_moves_ended_trials_in_batches_and_charges_each_once(
         [call] = [c for c in fake.calls if c.body and c.body.get("payment_id") == invoice["payment_id"]]
         assert call.headers["idempotency-key"] == str(subscription["id"])
     assert the_subscription(conn, running[0])["status"] == "trialing"
-    assert subscriptions.end_trials(conn, client) == {key: 0 for key in counts}
+    assert billing.end_trials(conn, client) == {key: 0 for key in counts}
 
 
 def test_two_trial_end_sweeps_at_once_never_invoice_twice(
@@ -436,7 +449,7 @@ def test_two_trial_end_sweeps_at_once_never_invoice_twice(
     def sweep() -> None:
         own_client = hyperswitch.Client(url, PSP_API_KEY)
         with psycopg.connect(database_url) as own:
-            totals.append(subscriptions.end_trials(own, own_client, batch_size=2))
+            totals.append(billing.end_trials(own, own_client, batch_size=2))
         own_client.close()
 
     at_once(*[sweep] * 3)
@@ -451,7 +464,7 @@ def test_trial_end_without_a_provider_still_stops_access_and_the_invoice_waits(
 ) -> None:
     [user] = start_trials(conn, with_trial, 1)
 
-    assert subscriptions.end_trials(conn, None)["no_provider"] == 1
+    assert billing.end_trials(conn, None)["no_provider"] == 1
     assert subscriptions.status(conn, user)["allowed"] is False
     subscription_id = the_subscription(conn, user)["id"]
     assert subscriptions.complete(conn, client, subscription_id)["client_secret"]

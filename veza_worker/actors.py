@@ -8,8 +8,8 @@ from datetime import timedelta
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
+from veza_worker import billing, refunds, retention, webhooks
 from veza_worker import reconcile as reconciler
-from veza_worker import retention, subscriptions, webhooks
 from veza_worker.broker import resources
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,23 @@ def cleanup_webhook_log() -> None:
 def end_trials() -> None:
     """Trials past their end → pending_payment, invoice, PSP payment."""
     with resources.pool.connection() as conn:
-        subscriptions.end_trials(conn, resources.client)
+        billing.end_trials(conn, resources.client)
+
+
+@dramatiq.actor(queue_name="sweeps", max_retries=0, time_limit=3_600_000)
+def renew_subscriptions() -> None:
+    """Period-end cancels, renewals, dunning steps."""
+    with resources.pool.connection() as conn:
+        billing.renew(conn, resources.client, resources.settings)
+
+
+@dramatiq.actor(queue_name="sweeps", max_retries=0)
+def send_automatic_refunds() -> None:
+    """The refund outbox: automatic refunds of money we must not keep."""
+    if resources.client is None:
+        return
+    with resources.pool.connection() as conn:
+        refunds.send_automatic(conn, resources.client)
 
 
 @dramatiq.actor(queue_name="sweeps", max_retries=0, time_limit=3_600_000)

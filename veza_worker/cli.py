@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 
 from veza_worker import (
+    billing,
     db,
     errors,
     hyperswitch,
@@ -97,12 +98,29 @@ def cmd_complete_subscription(args: argparse.Namespace, settings: Settings) -> A
 
 def cmd_subscription_status(args: argparse.Namespace, settings: Settings) -> Any:
     with db.connect(settings.database_url) as conn:
-        return subscriptions.status(conn, args.user_id)
+        return subscriptions.status(conn, args.user_id, settings.subscription_grace)
 
 
 def cmd_trial_end(args: argparse.Namespace, settings: Settings) -> Any:
     with db.connect(settings.database_url) as conn:
-        return subscriptions.end_trials(conn, hyperswitch.from_settings(settings))
+        return billing.end_trials(conn, hyperswitch.from_settings(settings))
+
+
+def cmd_renew(args: argparse.Namespace, settings: Settings) -> Any:
+    with db.connect(settings.database_url) as conn:
+        return billing.renew(conn, hyperswitch.from_settings(settings), settings)
+
+
+def cmd_cancel_subscription(args: argparse.Namespace, settings: Settings) -> Any:
+    with db.connect(settings.database_url) as conn:
+        return subscriptions.cancel(
+            conn, hyperswitch.from_settings(settings), args.subscription_id, now=args.now
+        )
+
+
+def cmd_resume_subscription(args: argparse.Namespace, settings: Settings) -> Any:
+    with db.connect(settings.database_url) as conn:
+        return subscriptions.resume(conn, args.subscription_id)
 
 
 def _uuid(value: str) -> uuid.UUID:
@@ -149,12 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     subscribe.add_argument("user_id", metavar="USER_ID", type=_uuid)
     subscribe.add_argument("plan_id", metavar="PLAN_ID", type=_uuid)
     complete = add(
-        "complete-subscription", cmd_complete_subscription, "the client_secret of a pending subscription"
+        "complete-subscription",
+        cmd_complete_subscription,
+        "a payable attempt (client_secret) for a pending_payment or past_due subscription",
     )
     complete.add_argument("subscription_id", metavar="SUBSCRIPTION_ID", type=_uuid)
     gate = add("subscription-status", cmd_subscription_status, "the feature-gate view of a user")
     gate.add_argument("user_id", metavar="USER_ID", type=_uuid)
     add("trial-end", cmd_trial_end, "one trial-end sweep now")
+    add("renew", cmd_renew, "one renew sweep now: period-end cancels, renewals, dunning; prints counts")
+    cancel = add("cancel-subscription", cmd_cancel_subscription, "cancel at period end (or --now)")
+    cancel.add_argument("subscription_id", metavar="SUBSCRIPTION_ID", type=_uuid)
+    cancel.add_argument("--now", action="store_true", help="end access now; a pending payment is cancelled")
+    resume = add("resume-subscription", cmd_resume_subscription, "undo a cancel at period end")
+    resume.add_argument("subscription_id", metavar="SUBSCRIPTION_ID", type=_uuid)
     return parser
 
 

@@ -24,6 +24,8 @@ def schedule(scheduler: Any, settings: Settings, *, scale: float = 1.0) -> None:
     jobs = [
         ("redrive", actors.redrive_webhooks, _every(timedelta(minutes=1), scale)),
         ("trial_end", actors.end_trials, _every(timedelta(minutes=5), scale)),
+        ("renew", actors.renew_subscriptions, _every(timedelta(minutes=5), scale)),
+        ("automatic_refunds", actors.send_automatic_refunds, _every(timedelta(minutes=1), scale)),
         ("retention", actors.cleanup_webhook_log, _daily(scale)),
     ]
     if settings.reconcile_worker_enabled:

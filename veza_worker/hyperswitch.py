@@ -28,8 +28,11 @@ JSON = dict[str, Any]
 
 
 def merchant_id(prefix: str, row_id: uuid.UUID) -> str:
-    """`pay_`/`ref_` + the 26-character lowercase base32 of the row's UUID: 30 characters."""
-    if prefix not in ("pay", "ref"):
+    """`pay_`/`ref_`/`cus_` + the 26-character lowercase base32 of the row's UUID: 30 characters.
+
+    `cus_` is keyed by the user's uuid: every payment of one user names the same PSP customer.
+    """
+    if prefix not in ("pay", "ref", "cus"):
         raise ValueError(f"unknown merchant id prefix {prefix!r}")
     return f"{prefix}_" + base64.b32encode(row_id.bytes).decode("ascii").rstrip("=").lower()
 
@@ -64,7 +67,16 @@ class Client:
         idempotency_key: str,
         metadata: Mapping[str, str],
         description: str | None = None,
+        customer_id: str | None = None,
+        save_for_off_session: bool = False,
+        off_session_payment_method: str | None = None,
     ) -> JSON:
+        """Create a payment; on-session (the customer confirms it with the client_secret) unless
+        `off_session_payment_method` is given: then it is confirmed at once with that saved method.
+
+        `save_for_off_session` asks the PSP to keep the method for later renewals (a customer is
+        required for both).
+        """
         body: JSON = {
             "payment_id": payment_id,
             "amount": amount,
@@ -73,7 +85,21 @@ class Client:
         }
         if description:
             body["description"] = description
+        if customer_id:
+            body["customer"] = {"id": customer_id}
+        if save_for_off_session:
+            body["setup_future_usage"] = "off_session"
+        if off_session_payment_method:
+            body["confirm"] = True
+            body["off_session"] = True
+            body["recurring_details"] = {"type": "payment_method_id", "data": off_session_payment_method}
+        if (save_for_off_session or off_session_payment_method) and not customer_id:
+            raise ValueError(f"payment {payment_id}: a saved payment method needs a customer")
         return self._create("/payments", body, idempotency_key, lambda: self.get_payment(payment_id))
+
+    def cancel_payment(self, payment_id: str, reason: str) -> JSON:
+        """Cancel a payment that is not final; a final one is refused with a 400 (IR_14)."""
+        return self._json("POST", f"/payments/{payment_id}/cancel", json={"cancellation_reason": reason})
 
     def get_payment(self, payment_id: str, *, force_sync: bool = True) -> JSON:
         return self._json("GET", f"/payments/{payment_id}", params={"force_sync": _flag(force_sync)})
@@ -83,14 +109,17 @@ class Client:
         *,
         refund_id: str,
         payment_id: str,
+        amount: int,
         reason: str,
         idempotency_key: str,
         metadata: Mapping[str, str],
     ) -> JSON:
-        """A full refund: no amount, so Hyperswitch refunds the whole captured amount."""
+        """Always with its amount: without one Hyperswitch refunds the whole captured amount,
+        whatever was refunded before."""
         body: JSON = {
             "refund_id": refund_id,
             "payment_id": payment_id,
+            "amount": amount,
             "reason": reason,
             "metadata": dict(metadata),
         }

@@ -53,7 +53,7 @@ class Stuck:
 
 @dataclass(frozen=True)
 class Outcome:
-    action: str  # settled | unchanged | adopted | client_secret_stored | psp_error
+    action: str  # settled | unchanged | adopted | client_secret_stored | cancelled | psp_error
     psp_status: str | None = None
     result: str | None = None  # the synthetic event's processing_result
     log_id: int | None = None
@@ -80,13 +80,7 @@ def tick(conn: db.Connection, client: hyperswitch.Client, settings: Settings) ->
         ("orders", "order", "claim_order", settings.reconcile_order_stuck_after, _order),
         ("refunds", "refund", "claim_refund", settings.reconcile_refund_stuck_after, _refund),
         ("orphan_refunds", "refund", "claim_orphan_refund", settings.reconcile_refund_orphan_after, _orphan),
-        (
-            "subscriptions",
-            "subscription",
-            "claim_subscription",
-            settings.reconcile_subscription_stuck_after,
-            _subscription,
-        ),
+        ("subscriptions", "invoice", "claim_invoice", settings.reconcile_subscription_stuck_after, _invoice),
     ]
     counts = {
         name: _phase(conn, client, settings, name, kind, claim, stuck_after, settle, due_before)
@@ -236,10 +230,9 @@ def _orphan(conn: db.Connection, client: hyperswitch.Client, settings: Settings,
     return _synthetic(conn, settings, REFUND_EVENTS[status], "refund_details", refund)
 
 
-def _subscription(
-    conn: db.Connection, client: hyperswitch.Client, settings: Settings, stuck: Stuck
-) -> Outcome:
-    """pending_payment: the invoice's payment decides; an unpaid one gives its client_secret."""
+def _invoice(conn: db.Connection, client: hyperswitch.Client, settings: Settings, stuck: Stuck) -> Outcome:
+    """A pending invoice: the PSP's payment decides. One that is not final is cancelled at the PSP
+    when nobody can or will pay it any more; an unpaid one gives its missing client_secret."""
     payment = _fetch(client.get_payment, stuck.psp_id, "payment_id")
     if payment is None:
         return Outcome("psp_error")
@@ -247,8 +240,35 @@ def _subscription(
     event_type = PAYMENT_EVENTS.get(status)
     if event_type is not None:
         return _synthetic(conn, settings, event_type, "payment_details", payment)
-    invoice = subscriptions.pending_invoice(conn, stuck.id)
-    if invoice is not None and invoice.client_secret is None and payment.get("client_secret"):
+    invoice = subscriptions.lock_invoice(conn, stuck.id)
+    assert invoice is not None
+    subscription = subscriptions.lock(conn, invoice.subscription_id)
+    assert subscription is not None
+    reason = _abandon_reason(subscription, invoice, status, stuck.stuck_for, settings)
+    if reason is not None:
+        result = subscriptions.abandon(conn, client, subscription, invoice, reason)
+        log.info(
+            "reconcile: invoice %s payment %s abandoned (%s): %s", invoice.id, stuck.psp_id, reason, result
+        )
+        return Outcome("cancelled" if result is not None else "psp_error", status, result)
+    if invoice.client_secret is None and payment.get("client_secret"):
         subscriptions.store_client_secret(conn, invoice, payment["client_secret"])
         return Outcome("client_secret_stored", status)
     return Outcome("unchanged", status)
+
+
+def _abandon_reason(
+    subscription: subscriptions.Subscription,
+    invoice: subscriptions.Invoice,
+    psp_status: str,
+    age: timedelta,
+    settings: Settings,
+) -> str | None:
+    """Why a payment that is not final should be cancelled now, or None to keep waiting."""
+    if subscription.status in ("expired", "canceled"):
+        return f"subscription {subscription.status}"
+    if invoice.off_session and psp_status == "requires_customer_action":
+        return "authentication required off-session"
+    if age >= settings.subscription_payment_expires_after:
+        return "payment not completed in time"
+    return None

@@ -50,17 +50,18 @@ SELECT r.id, r.hyperswitch_refund_id AS psp_id, now() - r.created_at AS stuck_fo
  LIMIT 1
    FOR UPDATE OF o SKIP LOCKED;
 
--- claim_subscription --
--- One subscription in pending_payment for longer than stuck_after (user_subscriptions_pending_idx),
--- with the payment of its pending invoice.
-SELECT u.id, i.payment_id AS psp_id, now() - u.updated_at AS stuck_for, coalesce(s.checks, 0) AS checks
-  FROM user_subscriptions u
-  JOIN subscription_invoices i ON i.subscription_id = u.id AND i.status = 'pending'
-  LEFT JOIN reconcile_state s ON s.kind = 'subscription' AND s.row_id = u.id
- WHERE u.status = 'pending_payment'
-   AND u.updated_at < now() - %(stuck_after)s
+-- claim_invoice --
+-- One pending subscription invoice older than stuck_after: a first payment, a renewal or a
+-- dunning attempt (subscription_invoices_pending_idx). Its subscription is the row locked: every
+-- writer locks the subscription before the invoice.
+SELECT i.id, i.payment_id AS psp_id, now() - i.created_at AS stuck_for, coalesce(s.checks, 0) AS checks
+  FROM subscription_invoices i
+  JOIN user_subscriptions u ON u.id = i.subscription_id
+  LEFT JOIN reconcile_state s ON s.kind = 'invoice' AND s.row_id = i.id
+ WHERE i.status = 'pending'
+   AND i.created_at < now() - %(stuck_after)s
    AND (s.last_checked_at IS NULL OR s.last_checked_at < %(due_before)s)
- ORDER BY s.last_checked_at NULLS FIRST, u.updated_at
+ ORDER BY s.last_checked_at NULLS FIRST, i.created_at
  LIMIT 1
    FOR UPDATE OF u SKIP LOCKED;
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ from veza_worker import errors
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/veza"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
+DEFAULT_DUNNING = (timedelta(days=1), timedelta(days=3), timedelta(days=5))
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _TRUE = {"1", "true", "yes", "on"}
@@ -37,6 +39,9 @@ class Settings:
     reconcile_batch_size: int = 50
     webhook_log_retention_days: int = 90
     refund_window_days: int = 14
+    subscription_dunning_schedule: tuple[timedelta, ...] = DEFAULT_DUNNING
+    subscription_grace: timedelta = timedelta(days=3)
+    subscription_payment_expires_after: timedelta = timedelta(days=1)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -60,6 +65,9 @@ class Settings:
             reconcile_batch_size=reader.positive_int("RECONCILE_BATCH_SIZE", 50),
             webhook_log_retention_days=reader.positive_int("HYPERSWITCH_WEBHOOK_LOG_RETENTION_DAYS", 90),
             refund_window_days=reader.positive_int("REFUND_WINDOW_DAYS", 14),
+            subscription_dunning_schedule=reader.schedule("SUBSCRIPTION_DUNNING_SCHEDULE", "1d,3d,5d"),
+            subscription_grace=reader.duration("SUBSCRIPTION_GRACE", "3d"),
+            subscription_payment_expires_after=reader.duration("SUBSCRIPTION_PAYMENT_EXPIRES_AFTER", "1d"),
         )
         settings.check_hyperswitch()
         return settings
@@ -120,6 +128,17 @@ class _Reader:
             return parse_duration(self.optional(name) or default)
         except ValueError as exc:
             raise errors.ConfigError(f"{name}: {exc}") from exc
+
+    def schedule(self, name: str, default: str) -> tuple[timedelta, ...]:
+        """Comma-separated durations, each later than the one before (`1d,3d,5d`)."""
+        text = self.optional(name) or default
+        try:
+            delays = tuple(parse_duration(part) for part in text.split(","))
+        except ValueError as exc:
+            raise errors.ConfigError(f"{name}: {exc}") from exc
+        if any(later <= earlier for earlier, later in itertools.pairwise(delays)):
+            raise errors.ConfigError(f"{name}: delays must increase, got {text!r}")
+        return delays
 
     def secrets(self, name: str) -> tuple[str, ...]:
         """A comma-separated list (rotation); empty items are dropped, never used as a key."""

@@ -53,6 +53,7 @@ HANDLERS: dict[str, Handler] = {
     "payment_cancelled": handle_payment,
     "refund_succeeded": refunds.handle_refund,
     "refund_failed": refunds.handle_refund,
+    "mandate_revoked": subscriptions.forget_payment_method,
 }
 
 
