@@ -465,8 +465,8 @@ def _fail(conn: db.Connection, subscription: Subscription, invoice: Invoice) -> 
         )
 
 
-def _refund_unwanted(conn: db.Connection, invoice: Invoice, payment: Mapping[str, Any], what: str) -> None:
-    """No money kept for nothing: the whole captured amount goes back, automatically."""
+def _refund_unwanted(conn: db.Connection, invoice: Invoice, payment: Mapping[str, Any], what: str) -> str:
+    """No money kept for nothing: the whole captured amount goes back, automatically, once."""
     received = payment.get("amount_received")
     amount = received if isinstance(received, int) and received > 0 else invoice.amount
     opened = refunds.open_automatic(
