@@ -1,0 +1,738 @@
+"""The subscription lifecycle after the first payment: renewal, dunning, recovery, cancel, the gate.
+
+Time is moved by SQL (every timestamp of a subscription and its invoices shifted back), never
+slept; the PSP is the fake Hyperswitch on a real uvicorn, its requests checked against the spec.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import dramatiq
+import psycopg
+import pytest
+
+from tests.conftest import PSP_API_KEY
+from tests.fake_hyperswitch import Failure, FakeHyperswitch, revoke_mandate, settle_payment
+from tests.support import at_once, join, log_rows, process, row, rows, run_cli, store_event
+from tests.test_subscriptions import make_plan
+from veza_worker import billing, errors, hyperswitch, reconcile, refunds, subscriptions
+from veza_worker.settings import Settings
+
+DAY = timedelta(days=1)
+
+
+@pytest.fixture
+def monthly(conn: psycopg.Connection[Any]) -> uuid.UUID:
+    return make_plan(conn, 999)
+
+
+def paid_up(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+    plan_id: uuid.UUID,
+    user: uuid.UUID | None = None,
+) -> uuid.UUID:
+    """A subscription whose first payment the customer completed on-session: active, method saved."""
+    out = subscriptions.subscribe(conn, client, user or uuid.uuid4(), plan_id)
+    payment = settle_payment(fake, out["payment_id"], "succeeded")
+    assert process(settings, store_event(conn, "payment_succeeded", payment)) == "ok"
+    return uuid.UUID(out["subscription_id"])
+
+
+def sub(conn: psycopg.Connection[Any], subscription_id: uuid.UUID) -> dict[str, Any]:
+    return row(conn, "SELECT * FROM user_subscriptions WHERE id = %s", subscription_id)
+
+
+def invoices_of(conn: psycopg.Connection[Any], subscription_id: uuid.UUID) -> list[dict[str, Any]]:
+    return rows(
+        conn,
+        "SELECT * FROM subscription_invoices WHERE subscription_id = %s ORDER BY created_at, attempt",
+        subscription_id,
+    )
+
+
+def travel(conn: psycopg.Connection[Any], subscription_id: uuid.UUID, by: timedelta) -> None:
+    """Move a subscription `by` into the future: every time it and its invoices hold goes back."""
+    conn.execute(
+        "UPDATE user_subscriptions SET current_period_start = current_period_start - %(by)s,"
+        " current_period_end = current_period_end - %(by)s, trial_ends_at = trial_ends_at - %(by)s,"
+        " past_due_since = past_due_since - %(by)s, created_at = created_at - %(by)s WHERE id = %(id)s",
+        {"by": by, "id": subscription_id},
+    )
+    conn.execute(
+        "UPDATE subscription_invoices SET created_at = created_at - %(by)s,"
+        " period_start = period_start - %(by)s, period_end = period_end - %(by)s,"
+        " submitted_at = submitted_at - %(by)s WHERE subscription_id = %(id)s",
+        {"by": by, "id": subscription_id},
+    )
+
+
+def to_period_end(
+    conn: psycopg.Connection[Any], subscription_id: uuid.UUID, past: timedelta = DAY / 24
+) -> None:
+    """Travel to just past the current period's end."""
+    left = row(
+        conn,
+        "SELECT current_period_end - now() AS left FROM user_subscriptions WHERE id = %s",
+        subscription_id,
+    )
+    travel(conn, subscription_id, left["left"] + past)
+
+
+def gate(conn: psycopg.Connection[Any], subscription_id: uuid.UUID, settings: Settings) -> dict[str, Any]:
+    return subscriptions.status(conn, sub(conn, subscription_id)["user_id"], settings.subscription_grace)
+
+
+def charges(fake: FakeHyperswitch) -> list[Any]:
+    return fake.calls_to("POST", "/payments")
+
+
+def renew(
+    conn: psycopg.Connection[Any], client: hyperswitch.Client | None, settings: Settings
+) -> dict[str, int]:
+    return billing.renew(conn, client, settings)
+
+
+# -- the saved payment method -----------------------------------------------------------------------
+
+
+def test_a_first_payment_names_the_customer_asks_to_save_the_card_and_the_method_is_stored(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+    monthly: uuid.UUID,
+) -> None:
+    user = uuid.uuid4()
+    subscription_id = paid_up(conn, client, fake, settings, monthly, user)
+
+    [call] = charges(fake)
+    assert call.body["customer"] == {"id": hyperswitch.merchant_id("cus", user)}
+    assert call.body["setup_future_usage"] == "off_session" and "confirm" not in call.body
+    method = sub(conn, subscription_id)["payment_method_id"]
+    assert method is not None and fake.payment_methods[method] == hyperswitch.merchant_id("cus", user)
+
+
+def test_mandate_revoked_forgets_the_method_and_the_next_renewal_is_on_session(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+    monthly: uuid.UUID,
+) -> None:
+    subscription_id = paid_up(conn, client, fake, settings, monthly)
+    method = sub(conn, subscription_id)["payment_method_id"]
+    revoked = store_event(conn, "mandate_revoked", revoke_mandate(fake, method))
+
+    assert process(settings, revoked) == "ok"
+    assert process(settings, store_event(conn, "mandate_revoked", {"payment_method_id": method})) == (
+        "skipped: unknown payment method"
+    )
+    assert sub(conn, subscription_id)["payment_method_id"] is None
+
+    to_period_end(conn, subscription_id)
+    assert renew(conn, client, settings)["on_session"] == 1
+    assert sub(conn, subscription_id)["status"] == "past_due"
+    call = charges(fake)[-1]
+    assert "recurring_details" not in call.body and call.body["setup_future_usage"] == "off_session"
+
+
+def test_the_mandate_sample_is_handled(conn: psycopg.Connection[Any], settings: Settings) -> None:
+    from tests.support import SAMPLES, store
+
+    body = (SAMPLES / "mandate_revoked.json").read_bytes()
+    assert process(settings, store(conn, body)) == "skipped: unknown payment method"
+
+
+# -- renewal ----------------------------------------------------------------------------------------
+
+
+def test_three_periods_each_charged_once_contiguous_and_the_gate_follows_the_money(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+    monthly: uuid.UUID,
+) -> None:
+    subscription_id = paid_up(conn, client, fake, settings, monthly)
+    first = sub(conn, subscription_id)
+    assert gate(conn, subscription_id, settings)["allowed"] is True
+
+    for _period in range(3):
+        to_period_end(conn, subscription_id)
+        moved = sub(conn, subscription_id)
+
+        counts = renew(conn, client, settings)
+        assert counts["invoiced"] == 1 and counts["paid"] == 1, counts
+        assert renew(conn, client, settings)["invoiced"] == 0  # a second sweep finds nothing due
+
+        after = sub(conn, subscription_id)
+        assert after["status"] == "active"
+        assert after["current_period_start"] == moved["current_period_end"]  # no drift
+        assert (
+            timedelta(days=28)
+            <= after["current_period_end"] - after["current_period_start"]
+            <= timedelta(days=31)
+        )
+        assert gate(conn, subscription_id, settings)["allowed"] is True
+        invoice = invoices_of(conn, subscription_id)[-1]
+        assert (invoice["status"], invoice["off_session"], invoice["attempt"]) == ("paid", True, 1)
+        assert (invoice["period_start"], invoice["period_end"]) == (
+            after["current_period_start"],
+            after["current_period_end"],
+        )
+        call = charges(fake)[-1]
+        assert call.headers["idempotency-key"] == str(invoice["id"])
+        assert call.body["recurring_details"] == {
+            "type": "payment_method_id",
+            "data": first["payment_method_id"],
+        }
+        assert call.body["confirm"] is True and call.body["off_session"] is True
+        assert "setup_future_usage" not in call.body
+
+    assert len(charges(fake)) == 1 + 3  # the first payment and one per renewal
+    # The clock stops: inside the grace the paid plan still grants, past it it does not.
+    to_period_end(conn, subscription_id, past=settings.subscription_grace - timedelta(hours=1))
+    assert gate(conn, subscription_id, settings)["allowed"] is True
+    travel(conn, subscription_id, timedelta(hours=2))
+    view = gate(conn, subscription_id, settings)
+    assert (view["allowed"], view["reason"]) == (False, "renewal payment pending")
+
+
+def test_a_free_plan_never_renews_and_always_grants(
+    conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, settings: Settings
+) -> None:
+    free = make_plan(conn, 0)
+    out = subscriptions.subscribe(conn, client, uuid.uuid4(), free)
+    subscription_id = uuid.UUID(out["subscription_id"])
+    travel(conn, subscription_id, 400 * DAY)
+
+    assert renew(conn, client, settings)["invoiced"] == 0
+    assert gate(conn, subscription_id, settings)["allowed"] is True and fake.calls == []
+
+
+def test_the_gate_refuses_an_active_paid_plan_without_a_paid_invoice_and_an_ended_trial(
+    conn: psycopg.Connection[Any], client: hyperswitch.Client, settings: Settings, monthly: uuid.UUID
+) -> None:
+    out = subscriptions.subscribe(conn, client, uuid.uuid4(), monthly)
+    subscription_id = uuid.UUID(out["subscription_id"])
+    conn.execute(  # someone set it active by hand, no payment behind it
+        "UPDATE user_subscriptions SET status = 'active', current_period_end = now() + interval '1 month'"
+    )
+    assert gate(conn, subscription_id, settings)["reason"] == "no paid invoice"
+    conn.execute("UPDATE user_subscriptions SET status = 'trialing', trial_ends_at = now() - interval '1 s'")
+    assert gate(conn, subscription_id, settings)["reason"] == "trial ended"
+
+
+# -- failure, dunning, recovery ---------------------------------------------------------------------
+
+
+def test_a_failed_renewal_is_past_due_and_dunning_recovers_on_step_two_for_the_owed_period(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+    monthly: uuid.UUID,
+) -> None:
+    subscription_id = paid_up(conn, client, fake, settings, monthly)
+    to_period_end(conn, subscription_id)
+    owed_from = sub(conn, subscription_id)["current_period_end"]
+    fake.off_session_outcomes = ["failed", "failed"]
+
+    assert renew(conn, client, settings)["failed"] == 1
+    past_due = sub(conn, subscription_id)
+    assert past_due["status"] == "past_due" and past_due["past_due_since"] is not None
+    assert gate(conn, subscription_id, settings)["allowed"] is False
+    assert renew(conn, client, settings)["retried"] == 0  # step 1 is a day away
+
+    travel(conn, subscription_id, DAY)
+    assert renew(conn, client, settings)["retried"] == 1  # step 1: fails again
+    assert sub(conn, subscription_id)["status"] == "past_due"
+    travel(conn, subscription_id, DAY)
+    assert renew(conn, client, settings)["retried"] == 0  # step 2 is at 3 days
+    travel(conn, subscription_id, DAY)
+    assert renew(conn, client, settings)["retried"] == 1  # step 2: paid
+
+    recovered = sub(conn, subscription_id)
+    attempts = invoices_of(conn, subscription_id)[1:]
+    assert [(i["attempt"], i["status"]) for i in attempts] == [(1, "failed"), (2, "failed"), (3, "paid")]
+    assert {i["period_start"] for i in attempts} == {recovered["current_period_start"]}
+    assert recovered["status"] == "active" and recovered["past_due_since"] is None
+    assert recovered["current_period_start"] == owed_from - 3 * DAY  # the owed period, as time moved
+    assert gate(conn, subscription_id, settings)["allowed"] is True
+    assert len({c.body["payment_id"] for c in charges(fake)}) == len(charges(fake)) == 4
+
+
+def test_dunning_exhausted_expires_the_subscription(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+    monthly: uuid.UUID,
+) -> None:
+    subscription_id = paid_up(conn, client, fake, settings, monthly)
+    to_period_end(conn, subscription_id)
+    fake.off_session_outcomes = ["failed"] * 4
+
+    renew(conn, client, settings)
+    for step in range(3):
+        travel(conn, subscription_id, 2 * DAY)
+        counts = renew(conn, client, settings)
+        assert counts["retried"] == 1, (step, counts)
+    assert sub(conn, subscription_id)["status"] == "past_due"
+    assert renew(conn, client, settings)["expired"] == 1  # the last step's attempt failed
+
+    assert sub(conn, subscription_id)["status"] == "expired"
+    assert [i["attempt"] for i in invoices_of(conn, subscription_id)[1:]] == [1, 2, 3, 4]
+    assert gate(conn, subscription_id, settings)["reason"] == "subscription expired"
+
+
+def test_without_a_saved_method_the_renewal_is_on_session_and_complete_subscription_recovers_it(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+    monthly: uuid.UUID,
+) -> None:
+    subscription_id = paid_up(conn, client, fake, settings, monthly)
+    conn.execute("UPDATE user_subscriptions SET payment_method_id = NULL")
+    to_period_end(conn, subscription_id)
+
+    assert renew(conn, client, settings)["on_session"] == 1
+    assert sub(conn, subscription_id)["status"] == "past_due"
+    [_, renewal] = invoices_of(conn, subscription_id)
+    out = subscriptions.complete(conn, client, subscription_id)
+    assert out == {
+        "subscription_id": str(subscription_id),
+        "status": "past_due",
+        "client_secret": renewal["client_secret"],
+        "payment_id": renewal["payment_id"],
+    }
+    call = charges(fake)[-1]
+    assert call.headers["idempotency-key"] == str(renewal["id"]) and "confirm" not in call.body
+
+    payment = settle_payment(fake, renewal["payment_id"], "succeeded")
+    assert process(settings, store_event(conn, "payment_succeeded", payment)) == "ok"
+    active = sub(conn, subscription_id)
+    assert active["status"] == "active" and active["current_period_start"] == renewal["period_start"]
+    assert active["payment_method_id"] == payment["payment_method_id"] is not None  # saved for next time
+
+
+def test_no_saved_method_expires_when_the_last_step_has_passed_and_its_payment_is_cancelled(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+    monthly: uuid.UUID,
+) -> None:
+    subscription_id = paid_up(conn, client, fake, settings, monthly)
+    conn.execute("UPDATE user_subscriptions SET payment_method_id = NULL")
+    to_period_end(conn, subscription_id)
+    renew(conn, client, settings)
+    renewal = invoices_of(conn, subscription_id)[-1]
+
+    travel(conn, subscription_id, 5 * DAY + timedelta(minutes=1))
+    assert renew(conn, client, settings)["expired"] == 1
+
+    assert sub(conn, subscription_id)["status"] == "expired"
+    assert fake.payments[renewal["payment_id"]]["status"] == "cancelled"
+    assert invoices_of(conn, subscription_id)[-1]["status"] == "failed"
+
+
+def test_complete_subscription_refuses_while_an_off_session_attempt_is_pending(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+    monthly: uuid.UUID,
+) -> None:
+    subscription_id = paid_up(conn, client, fake, settings, monthly)
+    to_period_end(conn, subscription_id)
+    fake.off_session_outcomes = ["failed", "processing"]
+    renew(conn, client, settings)
+    travel(conn, subscription_id, DAY)
+    renew(conn, client, settings)  # step 1: the bank is still processing
+
+    with pytest.raises(errors.DomainError, match="renewal payment in progress"):
+        subscriptions.complete(conn, client, subscription_id)
+
+
+def test_an_off_session_3ds_demand_is_cancelled_and_counts_as_a_failure(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+    monthly: uuid.UUID,
+) -> None:
+    subscription_id = paid_up(conn, client, fake, settings, monthly)
+    to_period_end(conn, subscription_id)
+    fake.off_session_outcomes = ["requires_customer_action"]
+
+    assert renew(conn, client, settings)["failed"] == 1
+
+    renewal = invoices_of(conn, subscription_id)[-1]
+    assert renewal["status"] == "failed" and sub(conn, subscription_id)["status"] == "past_due"
+    [cancel] = fake.calls_to("POST", f"/payments/{renewal['payment_id']}/cancel")
+    assert cancel.body == {"cancellation_reason": "authentication required off-session"}
+    assert fake.payments[renewal["payment_id"]]["status"] == "cancelled"
+
+
+def test_a_definitive_rejection_of_a_renewal_is_past_due(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+    monthly: uuid.UUID,
+) -> None:
+    subscription_id = paid_up(conn, client, fake, settings, monthly)
+    to_period_end(conn, subscription_id)
+    fake.fail_next("POST /payments", Failure(status=400, code="IR_16", message="payment method revoked"))
+
+    assert renew(conn, client, settings)["failed"] == 1
+    assert sub(conn, subscription_id)["status"] == "past_due"
+
+
+# -- never two charges for one period ---------------------------------------------------------------
+
+
+def test_two_renew_sweeps_at_once_charge_each_period_once(
+    database_url: str,
+    conn: psycopg.Connection[Any],
+    psp: tuple[str, FakeHyperswitch],
+    client: hyperswitch.Client,
+    settings: Settings,
+    monthly: uuid.UUID,
+) -> None:
+    url, fake = psp
+    due = [paid_up(conn, client, fake, settings, monthly) for _ in range(12)]
+    for subscription_id in due:
+        to_period_end(conn, subscription_id)
+    totals: list[dict[str, int]] = []
+
+    def sweep() -> None:
+        own_client = hyperswitch.Client(url, PSP_API_KEY)
+        with psycopg.connect(database_url) as own:
+            totals.append(billing.renew(own, own_client, settings, batch_size=3))
+        own_client.close()
+
+    at_once(*[sweep] * 3)
+
+    assert sum(t["invoiced"] for t in totals) == 12 and sum(t["paid"] for t in totals) == 12
+    assert len(charges(fake)) == 12 + 12
+    for subscription_id in due:
+        assert [i["status"] for i in invoices_of(conn, subscription_id)] == ["paid", "paid"]
+
+
+def test_a_renewal_racing_its_own_webhook_applies_once(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+    receiver: str,
+    broker: dramatiq.Broker,
+    worker: dramatiq.Worker,
+    monthly: uuid.UUID,
+) -> None:
+    subscription_id = paid_up(conn, client, fake, settings, monthly)
+    to_period_end(conn, subscription_id)
+    period_end = sub(conn, subscription_id)["current_period_end"]
+    fake.webhook_url, fake.webhook_secret = f"{receiver}/webhooks/hyperswitch", settings.webhook_secrets[0]
+
+    renew(conn, client, settings)
+    time.sleep(0.3)  # the fake sends its webhook once it has answered
+    join(broker)
+
+    renewal_rows = [r for r in log_rows(conn) if r["user_agent"] == "Hyperswitch-Backend-Server"]
+    assert [r["processing_result"] for r in renewal_rows] == ["skipped: invoice already paid"]
+    after = sub(conn, subscription_id)
+    assert after["current_period_start"] == period_end and after["status"] == "active"
+
+
+def test_replayed_and_reordered_renewal_webhooks_change_nothing(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+    monthly: uuid.UUID,
+) -> None:
+    subscription_id = paid_up(conn, client, fake, settings, monthly)
+    to_period_end(conn, subscription_id)
+    renew(conn, client, settings)
+    renewal = invoices_of(conn, subscription_id)[-1]
+    before = sub(conn, subscription_id)
+    payment = fake.payments[renewal["payment_id"]]
+
+    for event_type in ["payment_succeeded"] * 3 + ["payment_failed", "payment_cancelled"]:
+        result = process(settings, store_event(conn, event_type, {**payment, "status": "failed"}))
+        assert result == "skipped: invoice already paid"
+    assert sub(conn, subscription_id) == before
+
+
+def test_a_crash_between_the_invoice_commit_and_the_psp_call_is_finished_with_the_same_payment(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    psp_settings: Settings,
+    settings: Settings,
+    monthly: uuid.UUID,
+) -> None:
+    subscription_id = paid_up(conn, client, fake, settings, monthly)
+    to_period_end(conn, subscription_id)
+    # The PSP takes the charge, then hangs before answering: the sweep is killed mid-call.
+    fake.fail_next("POST /payments", Failure(status=504, hang=5, acted=True))
+    environ = {**os.environ, "DATABASE_URL": psp_settings.database_url, "HYPERSWITCH_ENABLED": "true"}
+    environ |= {"HYPERSWITCH_URL": str(psp_settings.hyperswitch_url), "HYPERSWITCH_API_KEY": PSP_API_KEY}
+    sweep = subprocess.Popen([sys.executable, "-m", "veza_worker.cli", "renew"], env=environ)
+    deadline = time.monotonic() + 20
+    while len(charges(fake)) < 2:
+        assert time.monotonic() < deadline and sweep.poll() is None
+        time.sleep(0.02)
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait()
+
+    [_, unsent] = invoices_of(conn, subscription_id)
+    assert unsent["status"] == "pending" and unsent["submitted_at"] is None
+    conn.execute(
+        "UPDATE subscription_invoices SET created_at = now() - interval '3 minutes' WHERE id = %s",
+        [unsent["id"]],
+    )
+
+    assert renew(conn, client, settings)["resent"] == 1
+
+    assert [i["status"] for i in invoices_of(conn, subscription_id)] == ["paid", "paid"]
+    renewal_posts = [c for c in charges(fake) if c.body["payment_id"] == unsent["payment_id"]]
+    assert len(renewal_posts) == 2  # the killed one and the retry, which got HE_01 and read it back
+    assert len(fake.payments) == 2 and fake.payments[unsent["payment_id"]]["status"] == "succeeded"
+
+
+# -- cancel and resume ------------------------------------------------------------------------------
+
+
+def test_cancel_at_period_end_keeps_access_resume_undoes_it_and_the_period_end_cancels(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+    monthly: uuid.UUID,
+) -> None:
+    subscription_id = paid_up(conn, client, fake, settings, monthly)
+    period_end = sub(conn, subscription_id)["current_period_end"]
+
+    out = subscriptions.cancel(conn, client, subscription_id, now=False)
+    assert out == {
+        "subscription_id": str(subscription_id),
+        "status": "active",
+        "cancel_at_period_end": True,
+        "cancel_at": period_end,
+        "canceled_at": None,
+    }
+    assert gate(conn, subscription_id, settings)["allowed"] is True
+    resumed = subscriptions.resume(conn, subscription_id)
+    assert resumed["cancel_at_period_end"] is False and resumed["cancel_at"] is None
+    subscriptions.cancel(conn, client, subscription_id, now=False)
+
+    to_period_end(conn, subscription_id)
+    counts = renew(conn, client, settings)
+
+    assert (counts["canceled"], counts["invoiced"]) == (1, 0)
+    ended = sub(conn, subscription_id)
+    assert ended["status"] == "canceled" and ended["canceled_at"] is not None
+    assert len(charges(fake)) == 1 and gate(conn, subscription_id, settings)["allowed"] is False
+
+
+def test_cancel_now_ends_access_at_once(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+    monthly: uuid.UUID,
+) -> None:
+    subscription_id = paid_up(conn, client, fake, settings, monthly)
+
+    out = subscriptions.cancel(conn, client, subscription_id, now=True)
+
+    assert out["status"] == "canceled" and out["canceled_at"] is not None and out["cancel_at"] is None
+    assert gate(conn, subscription_id, settings)["reason"] == "subscription canceled"
+    with pytest.raises(errors.DomainError, match="already canceled"):
+        subscriptions.cancel(conn, client, subscription_id, now=True)
+    with pytest.raises(errors.DomainError, match="only active or trialing can resume"):
+        subscriptions.resume(conn, subscription_id)
+
+
+def test_cancelling_a_past_due_subscription_cancels_its_pending_payment_at_the_psp(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+    monthly: uuid.UUID,
+) -> None:
+    subscription_id = paid_up(conn, client, fake, settings, monthly)
+    conn.execute("UPDATE user_subscriptions SET payment_method_id = NULL")
+    to_period_end(conn, subscription_id)
+    renew(conn, client, settings)
+    renewal = invoices_of(conn, subscription_id)[-1]
+
+    out = subscriptions.cancel(conn, client, subscription_id, now=False)  # past_due: at once
+
+    assert out["status"] == "canceled"
+    assert fake.payments[renewal["payment_id"]]["status"] == "cancelled"
+    assert invoices_of(conn, subscription_id)[-1]["status"] == "failed"
+
+
+def test_a_canceled_trial_is_never_invoiced(
+    conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, settings: Settings
+) -> None:
+    with_trial = make_plan(conn, 999, trial_days=7)
+    out = subscriptions.subscribe(conn, client, uuid.uuid4(), with_trial)
+    subscription_id = uuid.UUID(out["subscription_id"])
+
+    assert subscriptions.cancel(conn, client, subscription_id, now=False)["cancel_at_period_end"] is True
+    travel(conn, subscription_id, 8 * DAY)
+    assert billing.end_trials(conn, client)["canceled"] == 1
+
+    assert sub(conn, subscription_id)["status"] == "canceled"
+    assert invoices_of(conn, subscription_id) == [] and fake.calls == []
+
+
+def test_renew_racing_cancel_never_keeps_money_for_a_canceled_period(
+    database_url: str,
+    conn: psycopg.Connection[Any],
+    psp: tuple[str, FakeHyperswitch],
+    client: hyperswitch.Client,
+    settings: Settings,
+    monthly: uuid.UUID,
+) -> None:
+    url, fake = psp
+    due = [paid_up(conn, client, fake, settings, monthly) for _ in range(6)]
+    for subscription_id in due:
+        to_period_end(conn, subscription_id)
+
+    def sweep() -> None:
+        own_client = hyperswitch.Client(url, PSP_API_KEY)
+        with psycopg.connect(database_url) as own:
+            billing.renew(own, own_client, settings, batch_size=1)
+        own_client.close()
+
+    def cancel_all() -> None:
+        own_client = hyperswitch.Client(url, PSP_API_KEY)
+        with psycopg.connect(database_url) as own:
+            for subscription_id in due:
+                subscriptions.cancel(own, own_client, subscription_id, now=False)
+        own_client.close()
+
+    at_once(sweep, cancel_all)
+
+    for subscription_id in due:
+        state = sub(conn, subscription_id)
+        renewals = invoices_of(conn, subscription_id)[1:]
+        assert len(renewals) <= 1
+        if state["status"] == "canceled":  # the cancel came first: nothing charged, or charged and refunded
+            kept = [i for i in renewals if i["status"] == "paid"]
+            refunded = rows(
+                conn, "SELECT 1 FROM refunds WHERE invoice_id = ANY(%s::uuid[])", [i["id"] for i in kept]
+            )
+            assert len(refunded) == len(kept)
+        else:  # the renewal came first: the new period is paid and ends the subscription at its end
+            assert state["status"] == "active" and state["cancel_at_period_end"] is True
+            assert [i["status"] for i in renewals] == ["paid"]
+
+
+def test_the_cancel_and_resume_commands(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+    psp_settings: Settings,
+    monthly: uuid.UUID,
+) -> None:
+    subscription_id = paid_up(conn, client, fake, settings, monthly)
+
+    canceled = run_cli("cancel-subscription", str(subscription_id), settings=psp_settings)
+    assert canceled.returncode == 0, canceled.stderr
+    out = json.loads(canceled.stdout)
+    assert set(out) == {"subscription_id", "status", "cancel_at_period_end", "cancel_at", "canceled_at"}
+    assert out["cancel_at_period_end"] is True
+    resumed = json.loads(run_cli("resume-subscription", str(subscription_id), settings=psp_settings).stdout)
+    assert set(resumed) == set(out) and resumed["cancel_at_period_end"] is False
+    now = json.loads(
+        run_cli("cancel-subscription", str(subscription_id), "--now", settings=psp_settings).stdout
+    )
+    assert now["status"] == "canceled"
+
+    for command in ("cancel-subscription", "resume-subscription"):
+        again = run_cli(command, str(subscription_id), settings=psp_settings)
+        assert again.returncode == 1 and again.stdout == ""
+        unknown = run_cli(command, str(uuid.uuid4()), settings=psp_settings)
+        assert unknown.returncode == 1 and "not found" in unknown.stderr
+
+    swept = run_cli("renew", settings=psp_settings)
+    assert swept.returncode == 0, swept.stderr
+    assert set(json.loads(swept.stdout)) == set(billing.RENEW_COUNTS)
+
+
+# -- payments that never become final, and money nobody wants --------------------------------------
+
+
+def test_a_first_payment_never_completed_is_cancelled_at_the_psp_after_the_expiry(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    psp_settings: Settings,
+    monthly: uuid.UUID,
+) -> None:
+    out = subscriptions.subscribe(conn, client, uuid.uuid4(), monthly)
+    subscription_id = uuid.UUID(out["subscription_id"])
+    travel(conn, subscription_id, timedelta(hours=2))
+    with psycopg.connect(psp_settings.database_url) as own:
+        assert reconcile.tick(own, client, psp_settings)["subscriptions"]["unchanged"] == 1
+    conn.execute("DELETE FROM reconcile_state")
+    travel(conn, subscription_id, DAY)
+
+    with psycopg.connect(psp_settings.database_url) as own:
+        counts = reconcile.tick(own, client, psp_settings)["subscriptions"]
+
+    assert counts == {"checked": 1, "cancelled": 1}
+    assert fake.payments[out["payment_id"]]["status"] == "cancelled"
+    assert sub(conn, subscription_id)["status"] == "expired"
+
+
+def test_a_renewal_paid_after_the_subscription_was_canceled_is_refunded_automatically(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+    monthly: uuid.UUID,
+) -> None:
+    subscription_id = paid_up(conn, client, fake, settings, monthly)
+    to_period_end(conn, subscription_id)
+    fake.off_session_outcomes = ["processing"]
+    renew(conn, client, settings)
+    renewal = invoices_of(conn, subscription_id)[-1]
+    fake.fail_next("POST /payments/cancel", Failure(status=503))  # the cancel does not get through
+    subscriptions.cancel(conn, client, subscription_id, now=True)
+    assert invoices_of(conn, subscription_id)[-1]["status"] == "pending"
+
+    payment = settle_payment(fake, renewal["payment_id"], "succeeded")  # the bank said yes after all
+    assert process(settings, store_event(conn, "payment_succeeded", payment)) == "ok"
+    assert refunds.send_automatic(conn, client) == {"sent": 1, "rejected": 0, "ambiguous": 0}
+
+    refund = row(conn, "SELECT * FROM refunds")
+    assert refund["invoice_id"] == renewal["id"] and refund["submitted_at"] is not None
+    [posted] = fake.calls_to("POST", "/refunds")
+    assert posted.body["amount"] == 999 and posted.body["payment_id"] == renewal["payment_id"]
+    assert sub(conn, subscription_id)["status"] == "canceled"
+    psp_refund = fake.refunds[refund["hyperswitch_refund_id"]]
+    psp_refund["status"] = "succeeded"
+    assert process(settings, store_event(conn, "refund_succeeded", psp_refund)) == "ok"
+    assert row(conn, "SELECT status FROM refunds")["status"] == "succeeded"
