@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: install services run test lint check bench
+.PHONY: install services run test lint check bench bench-renew
 
 install: $(VENV)/.installed
 
@@ -36,3 +36,6 @@ check: lint test
 bench: install services
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/receiver
+
+bench-renew: install services
+	$(BIN)/python bench/renew

@@ -360,6 +360,24 @@ def revoke_mandate(fake: FakeHyperswitch, payment_method_id: str) -> dict[str, A
     }
 
 
+async def add_payment_methods(request: Request) -> Response:
+    """POST /_fake/payment_methods [[pm_id, customer_id], ...]: methods saved earlier (benchmarks)."""
+    fake: FakeHyperswitch = request.app.state.fake
+    pairs = json.loads(await request.body())
+    fake.payment_methods.update({method: customer for method, customer in pairs})
+    return JSONResponse({"payment_methods": len(fake.payment_methods)})
+
+
+async def call_counts(request: Request) -> Response:
+    """GET /_fake/calls: how many requests each route got (benchmarks count PSP calls with it)."""
+    fake: FakeHyperswitch = request.app.state.fake
+    counts: dict[str, int] = {}
+    for call in fake.calls:
+        route = f"{call.method} /{call.path.split('/')[1]}"
+        counts[route] = counts.get(route, 0) + 1
+    return JSONResponse(counts)
+
+
 async def revoke(request: Request) -> Response:
     """POST /_fake/mandates/{payment_method_id}/revoke: revoke it, send mandate_revoked."""
     fake: FakeHyperswitch = request.app.state.fake
@@ -391,6 +409,8 @@ def create_fake(api_key: str, webhook_url: str | None = None, webhook_secret: st
             Route("/refunds", create_refund, methods=["POST"]),
             Route("/refunds/{refund_id}", get_refund, methods=["GET"]),
             Route("/_fake/mandates/{payment_method_id:str}/revoke", revoke, methods=["POST"]),
+            Route("/_fake/payment_methods", add_payment_methods, methods=["POST"]),
+            Route("/_fake/calls", call_counts, methods=["GET"]),
             Route("/_fake/{kind:str}/{object_id:str}/{outcome:str}", control, methods=["POST"]),
         ]
     )

@@ -736,3 +736,27 @@ def test_a_renewal_paid_after_the_subscription_was_canceled_is_refunded_automati
     psp_refund["status"] = "succeeded"
     assert process(settings, store_event(conn, "refund_succeeded", psp_refund)) == "ok"
     assert row(conn, "SELECT status FROM refunds")["status"] == "succeeded"
+
+
+def test_the_reconciler_sends_an_invoice_the_psp_never_got_instead_of_failing_it(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    psp_settings: Settings,
+    monthly: uuid.UUID,
+) -> None:
+    fake.fail_next("POST /payments", Failure(status=502))  # never reached the PSP
+    with pytest.raises(errors.PaymentProviderUnavailable):
+        subscriptions.subscribe(conn, client, uuid.uuid4(), monthly)
+    [invoice] = rows(conn, "SELECT * FROM subscription_invoices")
+    travel(conn, invoice["subscription_id"], timedelta(hours=1))
+
+    with psycopg.connect(psp_settings.database_url) as own:
+        assert reconcile.tick(own, client, psp_settings)["subscriptions"] == {"checked": 1, "resent": 1}
+
+    sent = row(conn, "SELECT * FROM subscription_invoices")
+    assert (
+        sent["submitted_at"] is not None
+        and sent["client_secret"] == fake.payments[sent["payment_id"]]["client_secret"]
+    )
+    assert sub(conn, invoice["subscription_id"])["status"] == "pending_payment"

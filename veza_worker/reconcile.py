@@ -53,7 +53,7 @@ class Stuck:
 
 @dataclass(frozen=True)
 class Outcome:
-    action: str  # settled | unchanged | adopted | client_secret_stored | cancelled | psp_error
+    action: str  # settled | unchanged | adopted | client_secret_stored | cancelled | resent | psp_error
     psp_status: str | None = None
     result: str | None = None  # the synthetic event's processing_result
     log_id: int | None = None
@@ -231,17 +231,21 @@ def _orphan(conn: db.Connection, client: hyperswitch.Client, settings: Settings,
 
 
 def _invoice(conn: db.Connection, client: hyperswitch.Client, settings: Settings, stuck: Stuck) -> Outcome:
-    """A pending invoice: the PSP's payment decides. One that is not final is cancelled at the PSP
-    when nobody can or will pay it any more; an unpaid one gives its missing client_secret."""
+    """A pending invoice: the PSP's payment decides. One the PSP never got is sent (same payment_id);
+    one that is not final is cancelled at the PSP when nobody can or will pay it any more; an
+    unpaid one gives its missing client_secret."""
     payment = _fetch(client.get_payment, stuck.psp_id, "payment_id")
     if payment is None:
         return Outcome("psp_error")
+    invoice = subscriptions.lock_invoice(conn, stuck.id)
+    assert invoice is not None
     status = str(payment.get("status"))
+    if status == "not_found" and invoice.submitted_at is None:  # our create never reached it
+        sent = subscriptions.send(conn, client, invoice.id)
+        return Outcome("resent" if sent.submitted_at is not None else "psp_error", status)
     event_type = PAYMENT_EVENTS.get(status)
     if event_type is not None:
         return _synthetic(conn, settings, event_type, "payment_details", payment)
-    invoice = subscriptions.lock_invoice(conn, stuck.id)
-    assert invoice is not None
     subscription = subscriptions.lock(conn, invoice.subscription_id)
     assert subscription is not None
     reason = _abandon_reason(subscription, invoice, status, stuck.stuck_for, settings)
