@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from veza_worker import actors, errors, webhooks
+from veza_worker import actors, db, errors, webhooks
 from veza_worker.broker import make_broker
 from veza_worker.settings import Settings
 
@@ -44,8 +44,7 @@ async def hyperswitch_webhook(request: Request) -> Response:
     client = request.client.host if request.client else None
     record = webhooks.delivery(body, request.headers, client, state.settings.webhook_secrets)
     try:
-        async with state.pool.connection() as conn:  # commits when the block exits
-            log_id = await webhooks.insert_log(conn, record)
+        log_id = await record_delivery(state, record)
     except psycopg.Error:  # PoolTimeout too: Hyperswitch retries a 503 for ~24 h
         log.exception("webhook not recorded, answering 503 (request_id=%s)", record.request_id)
         return PlainTextResponse("database unavailable", status_code=503)
@@ -68,6 +67,23 @@ async def read_capped(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def record_delivery(state: State, record: webhooks.Delivery) -> int:
+    """The audit row's one INSERT. A database error that is not an outage (a value no column or
+    index can take) must not cost a 503 that Hyperswitch retries for a day: the row is stored
+    again with the unindexed, header-derived fields cut down, the body kept whole."""
+    try:
+        async with state.pool.connection() as conn:  # commits when the block exits
+            return await webhooks.insert_log(conn, record)
+    except psycopg.Error as exc:
+        if db.is_transient(exc):
+            raise
+        log.warning(
+            "webhook row refused (%s); storing it with its header fields cut down", type(exc).__name__
+        )
+    async with state.pool.connection() as conn:
+        return await webhooks.insert_log(conn, webhooks.cut_down(record))
 
 
 async def enqueue(broker: RedisBroker, log_id: int) -> None:

@@ -26,7 +26,26 @@ from veza_worker.settings import Settings
         (b'{"event_type": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "error: invalid json"),
         (
             b'{"event_type": "payment_succeeded", "content": {"object": {"payment_id": 7}}}',
-            "error: missing payment_id",
+            "error: invalid payment_id",
+        ),
+        # Poison values inside the object end at once, never after 10 retries:
+        (
+            b'{"event_type": "payment_succeeded", "content": {"object": {"payment_id": "pay_\\udfff"}}}',
+            "error: invalid payment_id",
+        ),
+        (
+            b'{"event_type": "payment_failed", "content": {"object": {"payment_id": "pay_\\u0000x"}}}',
+            "error: invalid payment_id",
+        ),
+        (
+            b'{"event_type": "refund_failed", "content": {"object": {"refund_id": "ref_'
+            + b"r" * 4096
+            + b'"}}}',
+            "error: invalid refund_id",
+        ),
+        (
+            b'{"event_type": "payment_succeeded", "content": {"object": {"payment_id": ["pay_1"]}}}',
+            "error: invalid payment_id",
         ),
     ],
     ids=[
@@ -37,6 +56,10 @@ from veza_worker.settings import Settings
         "mandate",
         "too-deep",
         "payment-id-not-text",
+        "payment-id-surrogate",
+        "payment-id-nul",
+        "refund-id-4kb",
+        "payment-id-list",
     ],
 )
 def test_bodies_that_cannot_be_applied_end_with_a_final_result_and_no_retry(
@@ -148,11 +171,29 @@ def test_the_same_message_consumed_twice_at_once_is_applied_once(
     assert log_rows(conn)[0]["processing_result"] == "ok"
 
 
-def test_a_failing_handler_is_retried_then_the_row_ends_in_error(
+@pytest.mark.parametrize(
+    ("failure", "runs", "result"),
+    [
+        (psycopg.errors.LockNotAvailable("lock timeout"), 3, "error: LockNotAvailable: lock timeout"),
+        (psycopg.errors.DeadlockDetected("deadlock"), 3, "error: DeadlockDetected: deadlock"),
+        (RuntimeError("ledger bug"), 1, "error: RuntimeError: ledger bug"),
+        (psycopg.errors.CheckViolation("balance < 0"), 1, "error: CheckViolation: balance < 0"),
+        (
+            psycopg.errors.ProgramLimitExceeded("index row too big"),
+            1,
+            "error: ProgramLimitExceeded: index row too big",
+        ),
+    ],
+    ids=["lock-timeout", "deadlock", "bug", "constraint", "program-limit"],
+)
+def test_a_transient_failure_is_retried_and_a_deterministic_one_ends_at_once(
     conn: psycopg.Connection[Any],
     broker: dramatiq.Broker,
     worker: dramatiq.Worker,
     monkeypatch: pytest.MonkeyPatch,
+    failure: Exception,
+    runs: int,
+    result: str,
 ) -> None:
     calls: list[int] = []
 
@@ -162,7 +203,7 @@ def test_a_failing_handler_is_retried_then_the_row_ends_in_error(
             " VALUES ('x', 1, 'EUR', 'month')"
         )
         calls.append(1)
-        raise RuntimeError("ledger unavailable")
+        raise failure
 
     monkeypatch.setitem(webhooks.HANDLERS, "test_event", broken)
     row_id = store(conn, envelope("test_event"))
@@ -170,9 +211,9 @@ def test_a_failing_handler_is_retried_then_the_row_ends_in_error(
     join(broker)
 
     [row] = log_rows(conn)
-    assert len(calls) == 3  # the first run and two retries
-    assert row["processing_result"] == "error: RuntimeError: ledger unavailable"
-    assert row["attempts"] == 3 and row["last_error"] == "RuntimeError: ledger unavailable"
+    assert len(calls) == runs  # transient: the first run and two retries; deterministic: one
+    assert row["processing_result"] == result
+    assert row["attempts"] == runs and row["last_error"] == result.removeprefix("error: ")
     assert row["redrive_after"] is None and row["processed_at"] is not None
     # every attempt rolled back what the handler wrote
     assert conn.execute("SELECT count(*) FROM subscription_plans").fetchone() == (0,)

@@ -10,7 +10,7 @@ import dramatiq
 import psycopg
 import pytest
 
-from tests.fake_hyperswitch import Failure, FakeHyperswitch, webhook_body
+from tests.fake_hyperswitch import Failure, FakeHyperswitch, settle_payment, webhook_body
 from tests.support import (
     join,
     log_rows,
@@ -23,7 +23,7 @@ from tests.support import (
     store_event,
     wait_for,
 )
-from veza_worker import errors, hyperswitch, orders
+from veza_worker import errors, hyperswitch, orders, refunds
 from veza_worker.settings import Settings
 
 SELLER_A, SELLER_B = uuid.uuid4(), uuid.uuid4()
@@ -186,10 +186,9 @@ def test_two_workers_applying_the_same_success_at_once_complete_the_order_once(
     [
         payment("", 4500),
         payment("", 4599, currency="EUR"),
-        {**payment("", 4599), "amount_received": 1},
         {**payment("", 4599), "amount": "4599"},
     ],
-    ids=["underpaid", "other-currency", "partially-received", "amount-as-string"],
+    ids=["underpaid", "other-currency", "amount-as-string"],
 )
 def test_a_success_for_another_amount_grants_nothing(
     conn: psycopg.Connection[Any],
@@ -220,7 +219,7 @@ def test_a_failed_or_cancelled_payment_fails_the_order(
     assert rows(conn, "SELECT 1 FROM licenses") == []
 
 
-def test_a_success_after_the_order_failed_changes_nothing_but_alerts(
+def test_a_success_after_the_order_failed_is_refunded_automatically_once(
     conn: psycopg.Connection[Any],
     settings: Settings,
     paid_order: tuple[uuid.UUID, str],
@@ -230,11 +229,79 @@ def test_a_success_after_the_order_failed_changes_nothing_but_alerts(
     process(settings, store_event(conn, "payment_failed", payment(payment_id, 4599, "failed")))
     assert row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"] == "failed"
 
-    result = process(settings, store_event(conn, "payment_succeeded", payment(payment_id, 4599)))
+    results = [
+        process(settings, store_event(conn, "payment_succeeded", payment(payment_id, 4599))) for _ in range(4)
+    ]
 
-    assert result == "skipped: order already failed"
-    assert rows(conn, "SELECT 1 FROM licenses") == []
-    assert any(r.levelname == "ERROR" and "needs a human" in r.getMessage() for r in caplog.records)
+    assert results == ["ok", *["skipped: order already refunded automatically"] * 3]
+    refund = row(conn, "SELECT * FROM refunds")
+    assert (refund["order_id"], refund["amount"], refund["status"], refund["automatic"]) == (
+        order_id,
+        4599,
+        "pending",
+        True,
+    )
+    assert refund["requested_by"] is None and refund["note"] == "automatic: payment for a failed order"
+    assert row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"] == "failed"
+    assert rows(conn, "SELECT 1 FROM licenses") == [] and rows(conn, "SELECT 1 FROM seller_balances") == []
+    assert any(
+        r.levelname == "WARNING" and "refunding it automatically" in r.getMessage() for r in caplog.records
+    )
+
+
+@pytest.mark.parametrize(
+    ("event_type", "paid"),
+    [
+        ("payment_succeeded", {"status": "succeeded", "amount_received": 1000}),
+        ("payment_captured", {"status": "partially_captured", "amount_received": 1000}),
+        ("payment_succeeded", {"status": "partially_captured", "amount_received": 1000}),
+    ],
+    ids=["succeeded-short", "captured-partially", "succeeded-event-partial-object"],
+)
+def test_a_partial_capture_fails_the_order_and_refunds_what_was_captured(
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    paid_order: tuple[uuid.UUID, str],
+    event_type: str,
+    paid: dict[str, Any],
+) -> None:
+    order_id, payment_id = paid_order
+    obj = {**payment(payment_id, 4599), **paid}
+
+    assert process(settings, store_event(conn, event_type, obj)) == "ok"
+    assert (
+        process(settings, store_event(conn, event_type, obj))
+        == "skipped: order already refunded automatically"
+    )
+
+    assert row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"] == "failed"
+    refund = row(conn, "SELECT amount, automatic, note FROM refunds")
+    assert refund == {"amount": 1000, "automatic": True, "note": "automatic: partial capture of the order"}
+    assert rows(conn, "SELECT 1 FROM licenses") == [] and rows(conn, "SELECT 1 FROM seller_balances") == []
+
+
+def test_an_automatic_refund_is_sent_by_the_outbox_and_its_success_moves_nothing_else(
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+) -> None:
+    order_id = make_order(conn, [(uuid.uuid4(), 4599)])
+    payment_id = orders.confirm(conn, client, order_id)["payment_id"]
+    process(settings, store_event(conn, "payment_failed", payment(payment_id, 4599, "failed")))
+    late = settle_payment(fake, payment_id, "succeeded")
+    process(settings, store_event(conn, "payment_succeeded", late))
+
+    assert refunds.send_automatic(conn, client) == {"sent": 1, "rejected": 0, "ambiguous": 0}
+    assert refunds.send_automatic(conn, client) == {"sent": 0, "rejected": 0, "ambiguous": 0}
+
+    refund = row(conn, "SELECT * FROM refunds")
+    [posted] = fake.calls_to("POST", "/refunds")
+    assert posted.body["amount"] == 4599 and posted.body["refund_id"] == refund["hyperswitch_refund_id"]
+    psp_refund = {**fake.refunds[refund["hyperswitch_refund_id"]], "status": "succeeded"}
+    assert process(settings, store_event(conn, "refund_succeeded", psp_refund)) == "ok"
+    assert row(conn, "SELECT status FROM refunds")["status"] == "succeeded"
+    assert row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"] == "failed"
 
 
 def test_non_terminal_payment_events_are_skipped(

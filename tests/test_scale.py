@@ -103,25 +103,25 @@ DUE = datetime.now().astimezone() - timedelta(minutes=1)
     [
         (
             reconcile.QUERIES["claim_order"],
-            {"stuck_after": timedelta(minutes=30), "due_before": DUE},
+            {"stuck_after": timedelta(minutes=30), "due_before": DUE, "tried": []},
             "orders",
             "orders_stuck_idx",
         ),
         (
             reconcile.QUERIES["claim_refund"],
-            {"stuck_after": timedelta(minutes=30), "due_before": DUE},
+            {"stuck_after": timedelta(minutes=30), "due_before": DUE, "tried": []},
             "refunds",
             "refunds_stuck_idx",
         ),
         (
             reconcile.QUERIES["claim_orphan_refund"],
-            {"stuck_after": timedelta(minutes=5), "due_before": DUE},
+            {"stuck_after": timedelta(minutes=5), "due_before": DUE, "tried": []},
             "refunds",
             "refunds_orphan_idx",
         ),
         (
             reconcile.QUERIES["claim_invoice"],
-            {"stuck_after": timedelta(minutes=30), "due_before": DUE},
+            {"stuck_after": timedelta(minutes=30), "due_before": DUE, "tried": []},
             "subscription_invoices",
             "subscription_invoices_pending_idx",
         ),

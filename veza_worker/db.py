@@ -36,6 +36,15 @@ def load_queries(module: str) -> dict[str, LiteralString]:
     return parse_queries(resources.files(package).joinpath(f"{name}.sql").read_text("utf-8"))
 
 
+def is_transient(exc: BaseException) -> bool:
+    """A database error a retry can cure: connection lost, pool exhausted, lock or statement
+    timeout, deadlock, serialization failure, resources. A value too large for an index
+    (ProgramLimitExceeded) fails the same way every time."""
+    if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
+        return False
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
 def connect(database_url: str, *, autocommit: bool = False) -> Connection:
     return psycopg.connect(database_url, autocommit=autocommit, connect_timeout=5)
 

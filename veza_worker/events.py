@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
@@ -93,9 +94,73 @@ def parse(body: bytes | str) -> Event:
         raise BadDelivery("invalid envelope: not a JSON object")
     event_type = _text(document.get("event_type"))
     object_type, data = _object_of(document)
+    data = cleaned(data)
     if event_type is None and not isinstance(data.get("refund_id"), str):
         raise BadDelivery("missing event_type")
     return Event(event_type, _text(document.get("event_id")), object_type, data)
+
+
+@dataclass(frozen=True)
+class PaymentOutcome:
+    """What a payment object says happened to the money, whatever event carried it."""
+
+    kind: str  # "paid" | "partial" (less captured than asked) | "failed"
+    captured: int  # minor units the PSP holds for us: what an automatic refund gives back
+
+
+_PAYMENT_EVENT_KINDS = {"payment_succeeded": "paid", "payment_captured": "paid"}
+
+
+def payment_outcome(event_type: str | None, payment: Mapping[str, Any]) -> PaymentOutcome:
+    """The object's `status` and `amount_received` decide, never the event type alone: a
+    `payment_succeeded` whose capture fell short is a partial capture."""
+    status = payment.get("status")
+    amount = _minor_units(payment.get("amount")) or 0
+    received = _minor_units(payment.get("amount_received"))
+    if status == "partially_captured":
+        return PaymentOutcome("partial", received or 0)
+    taken = status == "succeeded" or (status is None and _PAYMENT_EVENT_KINDS.get(event_type or "") == "paid")
+    if not taken:
+        return PaymentOutcome("failed", 0)
+    if received is not None and received < amount:
+        return PaymentOutcome("partial", received)
+    return PaymentOutcome("paid", received if received is not None else amount)
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL and unpaired surrogates: Postgres text refuses them
+_ID = re.compile(r"[\x21-\x7e]{1,64}")  # Hyperswitch ids: printable ASCII, at most 64 characters
+
+
+def object_id(data: Mapping[str, Any], key: str) -> str | None:
+    """The PSP id at `key`, None when absent; BadDelivery when it could never name an object of
+    ours (wrong type, NUL, non-ASCII, over-long): such a delivery fails at once, not for 10 minutes."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise BadDelivery(f"invalid {key}")
+    return value
+
+
+def cleaned(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy whose every string (keys too, at any depth) Postgres can store: NUL and unpaired
+    surrogates become U+FFFD (so an id that held one is visibly not an id). Iterative, so no depth
+    json accepted can overflow it."""
+    root: dict[str, Any] = {}
+    todo: list[tuple[Any, Any]] = [(data, root)]
+    while todo:
+        source, target = todo.pop()
+        items = source.items() if isinstance(source, Mapping) else enumerate(source)
+        for key, value in items:
+            key = _UNSTORABLE.sub("\ufffd", key) if isinstance(key, str) else key
+            if isinstance(value, str):
+                value = _UNSTORABLE.sub("\ufffd", value)
+            elif isinstance(value, Mapping | list):
+                copy: Any = {} if isinstance(value, Mapping) else [None] * len(value)
+                todo.append((value, copy))
+                value = copy
+            target[key] = value
+    return root
 
 
 def paid_in_full(payment: Mapping[str, Any], amount: int, currency: str, what: str) -> bool:

@@ -165,20 +165,32 @@ class Client:
             raise errors.HyperswitchUnavailable(f"{method} {url}: {exc!r}") from exc
         if response.status_code == 429 or response.is_server_error:
             raise errors.HyperswitchUnavailable(f"{method} {url}: {response.status_code}")
+        if response.status_code == 404 and not _is_hyperswitch_error(response):
+            # A 404 that is not Hyperswitch's own answer (an HTML page, a proxy, a wrong path in
+            # HYPERSWITCH_URL) says nothing about our object: the PSP is unavailable to us.
+            raise errors.HyperswitchUnavailable(
+                f"{method} {url}: 404 without a Hyperswitch error body (is HYPERSWITCH_URL right?)"
+            )
         if response.is_error:
             raise rejection(response)
         return response
 
 
 def rejection(response: httpx.Response) -> errors.HyperswitchRejected:
-    """A 4xx as our error, from any of the shapes Hyperswitch answers with."""
+    """A 4xx as our error, from any of the shapes Hyperswitch answers with. Only Hyperswitch's
+    own error body (HE_02, or a 404 with `{"error": {...}}`) means "no such object"."""
     error_type, code, message = _error_fields(response)
-    kind = (
-        errors.HyperswitchNotFound
-        if response.status_code == 404 or code == NOT_FOUND
-        else errors.HyperswitchRejected
-    )
+    not_found = code == NOT_FOUND or (response.status_code == 404 and _is_hyperswitch_error(response))
+    kind = errors.HyperswitchNotFound if not_found else errors.HyperswitchRejected
     return kind(response.status_code, error_type, code, message)
+
+
+def _is_hyperswitch_error(response: httpx.Response) -> bool:
+    try:
+        document = response.json()
+    except ValueError:
+        return False
+    return isinstance(document, dict) and isinstance(document.get("error"), dict)
 
 
 def _error_fields(response: httpx.Response) -> tuple[str, str, str]:

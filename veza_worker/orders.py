@@ -14,7 +14,7 @@ from typing import Any
 
 from psycopg.rows import class_row
 
-from veza_worker import db, errors, events, hyperswitch
+from veza_worker import db, errors, events, hyperswitch, refunds
 
 log = logging.getLogger(__name__)
 QUERIES = db.load_queries(__name__)
@@ -97,22 +97,49 @@ def _create_payment(client: hyperswitch.Client, order: Order, payment_id: str) -
 
 
 def apply_payment(conn: db.Connection, order: Order, event: events.Event, refund_window: timedelta) -> str:
-    """payment_succeeded / payment_failed / payment_cancelled for a locked order."""
+    """A final payment for a locked order: its object's status and captured amount decide.
+
+    No money is kept for nothing: a payment that succeeds for an order we hold failed, or that
+    captured less than the order (which then fails), is refunded in full automatically.
+    """
+    outcome = events.payment_outcome(event.event_type, event.data)
     if order.status != "pending":
-        if event.event_type == SUCCEEDED and order.status == "failed":
-            log.error(
-                "order %s is failed but payment %s succeeded: money taken, needs a human",
-                order.id,
-                order.payment_id,
-            )
+        if outcome.kind != "failed" and order.status == "failed":
+            return _refund_automatically(conn, order, outcome.captured, "payment for a failed order")
         return f"skipped: order already {order.status}"
-    if event.event_type != SUCCEEDED:
-        conn.execute(QUERIES["fail_order"], {"order_id": order.id})
-        log.info("order %s failed: %s", order.id, event.event_type)
+    if outcome.kind == "failed":
+        _fail(conn, order, event.event_type or "failed")
+        return "ok"
+    if outcome.kind == "partial":
+        _fail(conn, order, "partial capture")
+        if outcome.captured > 0:
+            _refund_automatically(conn, order, outcome.captured, "partial capture of the order")
         return "ok"
     if not events.paid_in_full(event.data, order.total_amount, order.currency, f"order {order.id}"):
         return "error: amount mismatch"
     _complete(conn, order, refund_window)
+    return "ok"
+
+
+def _fail(conn: db.Connection, order: Order, why: str) -> None:
+    conn.execute(QUERIES["fail_order"], {"order_id": order.id})
+    log.info("order %s failed: %s", order.id, why)
+
+
+def _refund_automatically(conn: db.Connection, order: Order, amount: int, what: str) -> str:
+    opened = refunds.open_automatic(
+        conn, order_id=order.id, amount=amount, currency=order.currency, note=f"automatic: {what}"
+    )
+    if not opened:
+        return "skipped: order already refunded automatically"
+    log.warning(
+        "order %s: payment %s took %d %s for nothing (%s): refunding it automatically",
+        order.id,
+        order.payment_id,
+        amount,
+        order.currency,
+        what,
+    )
     return "ok"
 
 

@@ -13,9 +13,10 @@ SELECT id, buyer_id, status, total_amount, currency, payment_id, completed_at, r
    FOR UPDATE;
 
 -- set_payment_id --
--- Stored before the PSP call, so a webhook or a retry always finds the order.
+-- Stored before the PSP call, so a webhook or a retry always finds the order; the reconciler
+-- counts "stuck" from payment_created_at, not from the order's creation.
 UPDATE orders
-   SET payment_id = %(payment_id)s, updated_at = now()
+   SET payment_id = %(payment_id)s, payment_created_at = now(), updated_at = now()
  WHERE id = %(order_id)s;
 
 -- complete_order --
@@ -36,12 +37,15 @@ SELECT i.order_id, i.id, o.buyer_id, i.track_id
     ON CONFLICT (order_item_id) DO NOTHING;
 
 -- credit_sellers --
--- Each seller's balance grows by the sum of their items in this order.
+-- Each seller's balance grows by the sum of their items in this order. Rows are written (and so
+-- locked) in (seller_id, currency) order, the one order every balance writer keeps: a completion
+-- and a refund touching the same sellers never deadlock.
 INSERT INTO seller_balances AS b (seller_id, currency, balance)
 SELECT seller_id, %(currency)s, sum(amount)
   FROM order_items
  WHERE order_id = %(order_id)s
  GROUP BY seller_id
+ ORDER BY seller_id
     ON CONFLICT (seller_id, currency)
     DO UPDATE SET balance = b.balance + excluded.balance, updated_at = now();
 

@@ -13,7 +13,7 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,6 +33,7 @@ COOL_DOWN = timedelta(minutes=1)  # a row checked this recently is not asked abo
 PAYMENT_EVENTS = {
     "not_found": "payment_failed",
     "succeeded": "payment_succeeded",
+    "partially_captured": "payment_succeeded",  # the object's amount_received makes it a partial capture
     "failed": "payment_failed",
     "cancelled": "payment_cancelled",
     "cancelled_post_capture": "payment_cancelled",
@@ -67,59 +68,156 @@ class Outcome:
         return self.action in ("unchanged", "client_secret_stored", "adopted")
 
 
-Settle = Callable[[db.Connection, hyperswitch.Client, Settings, Stuck], Outcome]
+class PspMisconfigured(Exception):
+    """The PSP says it has none of our objects, not even one we know it holds: a wrong
+    HYPERSWITCH_URL or HYPERSWITCH_API_KEY, not a missing object. Nothing may change."""
 
 
-def tick(conn: db.Connection, client: hyperswitch.Client, settings: Settings) -> dict[str, dict[str, int]]:
+class _ReadError(Exception):
+    """A PSP read failed: the row's transaction is rolled back, so no cool-down starts."""
+
+
+@dataclass
+class Canary:
+    """Can the PSP see our objects? Asked once per tick, only when a phase is about to act on a
+    "no such object" answer: a payment we hold as paid must be found."""
+
+    conn: db.Connection
+    client: hyperswitch.Client
+    answer: bool | None = None
+
+    def sees_us(self) -> bool:
+        if self.answer is None:
+            self.answer = self._ask()
+        return self.answer
+
+    def _ask(self) -> bool:
+        row = self.conn.execute(QUERIES["canary_payment"]).fetchone()
+        if row is None:
+            return True  # nothing held as paid yet: nothing to check against
+        try:
+            self.client.get_payment(row[0], force_sync=False)
+        except errors.HyperswitchNotFound:
+            return False
+        except errors.HyperswitchError as exc:
+            raise _ReadError(str(exc)) from exc
+        return True
+
+
+@dataclass(frozen=True)
+class Context:
+    conn: db.Connection
+    client: hyperswitch.Client
+    settings: Settings
+    canary: Canary
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    kind: str  # reconcile_state.kind
+    claim: str  # the claim query
+    stuck_after: timedelta
+    settle: Callable[[Context, Stuck], Outcome]
+
+
+STOP_AFTER_READ_ERRORS = 3  # consecutive: the PSP is down, the phase stops for this tick
+GIVE_UP_AFTER_FAILURES = 3  # our own code raised on the row this many times: a human looks
+
+
+def tick(conn: db.Connection, client: hyperswitch.Client, settings: Settings) -> dict[str, dict[str, Any]]:
     """One pass over every phase; per-phase counts."""
     with conn.transaction():
         row = conn.execute(QUERIES["due_before"], {"cool_down": COOL_DOWN}).fetchone()
     assert row is not None
     due_before: datetime = row[0]
-    phases: list[tuple[str, str, str, timedelta, Settle]] = [
-        ("orders", "order", "claim_order", settings.reconcile_order_stuck_after, _order),
-        ("refunds", "refund", "claim_refund", settings.reconcile_refund_stuck_after, _refund),
-        ("orphan_refunds", "refund", "claim_orphan_refund", settings.reconcile_refund_orphan_after, _orphan),
-        ("subscriptions", "invoice", "claim_invoice", settings.reconcile_subscription_stuck_after, _invoice),
+    context = Context(conn, client, settings, Canary(conn, client))
+    phases = [
+        Phase("orders", "order", "claim_order", settings.reconcile_order_stuck_after, _order),
+        Phase("refunds", "refund", "claim_refund", settings.reconcile_refund_stuck_after, _refund),
+        Phase(
+            "orphan_refunds", "refund", "claim_orphan_refund", settings.reconcile_refund_orphan_after, _orphan
+        ),
+        Phase(
+            "subscriptions", "invoice", "claim_invoice", settings.reconcile_subscription_stuck_after, _invoice
+        ),
     ]
-    counts = {
-        name: _phase(conn, client, settings, name, kind, claim, stuck_after, settle, due_before)
-        for name, kind, claim, stuck_after, settle in phases
-    }
+    counts = {phase.name: _phase(context, phase, due_before) for phase in phases}
     log.info("reconcile tick %s", " ".join(f"{name}={dict(phase)}" for name, phase in counts.items()))
     return counts
 
 
-def _phase(
-    conn: db.Connection,
-    client: hyperswitch.Client,
-    settings: Settings,
-    name: str,
-    kind: str,
-    claim: str,
-    stuck_after: timedelta,
-    settle: Settle,
-    due_before: datetime,
-) -> dict[str, int]:
+def _phase(context: Context, phase: Phase, due_before: datetime) -> dict[str, Any]:
+    """Up to RECONCILE_BATCH_SIZE rows, each claimed, asked about and settled in its own transaction.
+
+    A row is tried once per tick. A PSP read error rolls its row back (no cool-down: a manual
+    tick right after retries it); three in a row stop the phase. A "no such object" answer is
+    acted on only when the canary shows the PSP can see our objects.
+    """
+    conn = context.conn
     counts: Counter[str] = Counter()
-    params = {"stuck_after": stuck_after, "due_before": due_before}
-    for _ in range(settings.reconcile_batch_size):
+    tried: list[uuid.UUID] = []
+    read_errors = 0
+    misconfigured_logged = False
+    for _ in range(context.settings.reconcile_batch_size):
+        stuck: Stuck | None = None
         try:
             with conn.transaction(), conn.cursor(row_factory=class_row(Stuck)) as cur:
-                stuck = cur.execute(QUERIES[claim], params).fetchone()
+                params = {"stuck_after": phase.stuck_after, "due_before": due_before, "tried": tried}
+                stuck = cur.execute(QUERIES[phase.claim], params).fetchone()
                 if stuck is None:
                     break
-                if not _begin_check(conn, kind, stuck, due_before):
+                tried.append(stuck.id)
+                if not _begin_check(conn, phase.kind, stuck, due_before):
                     continue  # another tick checked it meanwhile
-                outcome = settle(conn, client, settings, stuck)
-                checks = _record_answer(conn, kind, stuck, outcome)
-        except Exception:  # one bad row must not stop the tick; it is rolled back and retried next tick
-            log.exception("reconcile phase=%s: a row failed and was rolled back", name)
-            counts["errors"] += 1
+                outcome = phase.settle(context, stuck)
+                if outcome.action == "psp_error":
+                    raise _ReadError(outcome.psp_status or "")
+                checks = _record_answer(conn, phase.kind, stuck, outcome)
+        except _ReadError:
+            counts["psp_error"] += 1
+            read_errors += 1
+            if read_errors >= STOP_AFTER_READ_ERRORS:
+                log.warning(
+                    "reconcile phase=%s stopped early: %d PSP read errors in a row", phase.name, read_errors
+                )
+                return {"checked": sum(counts.values()), **counts, "stopped_early": True}
             continue
+        except PspMisconfigured:
+            counts["psp_misconfigured"] += 1
+            if not misconfigured_logged:
+                misconfigured_logged = True
+                log.error(
+                    "reconcile phase=%s changed nothing: the payment provider finds none of our objects,"
+                    " not even a paid one; check HYPERSWITCH_URL and HYPERSWITCH_API_KEY",
+                    phase.name,
+                )
+            continue
+        except Exception:  # one bad row must not stop the tick; it is rolled back and counted
+            log.exception("reconcile phase=%s: a row failed and was rolled back", phase.name)
+            counts["errors"] += 1
+            if stuck is not None:
+                _record_failure(conn, phase, stuck)
+            continue
+        read_errors = 0
         counts[outcome.action] += 1
-        _log(name, stuck, outcome, checks)
+        _log(phase.name, stuck, outcome, checks)
     return {"checked": sum(counts.values()), **counts}
+
+
+def _record_failure(conn: db.Connection, phase: Phase, stuck: Stuck) -> None:
+    """Our own code raised on this row: after a few times the reconciler leaves it to a human."""
+    params = {"kind": phase.kind, "row_id": stuck.id, "give_up_after": GIVE_UP_AFTER_FAILURES}
+    with conn.transaction():
+        row = conn.execute(QUERIES["record_failure"], params).fetchone()
+    if row is not None and row[0] == GIVE_UP_AFTER_FAILURES:
+        log.error(
+            "reconcile needs a human: phase=%s id=%s psp_id=%s raised %d times; no longer retried",
+            phase.name,
+            stuck.id,
+            stuck.psp_id,
+            GIVE_UP_AFTER_FAILURES,
+        )
 
 
 def _begin_check(conn: db.Connection, kind: str, stuck: Stuck, due_before: datetime) -> bool:
@@ -128,13 +226,26 @@ def _begin_check(conn: db.Connection, kind: str, stuck: Stuck, due_before: datet
 
 
 def _record_answer(conn: db.Connection, kind: str, stuck: Stuck, outcome: Outcome) -> int:
+    """A settled row's state is deleted (nothing to remember); a synthetic delivery that ended
+    `error:` is not synthesized again: the row waits for a human."""
+    if outcome.action in ("settled", "cancelled"):
+        conn.execute(QUERIES["forget_row"], {"kind": kind, "row_id": stuck.id})
+        return 0
     params = {
         "kind": kind,
         "row_id": stuck.id,
         "answered": outcome.answered,
         "psp_status": outcome.psp_status,
+        "give_up": bool(outcome.result and outcome.result.startswith("error:")),
     }
     row = conn.execute(QUERIES["record_answer"], params).fetchone()
+    if params["give_up"]:
+        log.error(
+            "reconcile needs a human: %s %s: the PSP's answer ended %r; no longer synthesized",
+            kind,
+            stuck.id,
+            outcome.result,
+        )
     return int(row[0]) if row else 0
 
 
@@ -164,20 +275,23 @@ def _log(phase: str, stuck: Stuck, outcome: Outcome, checks: int) -> None:
         )
 
 
-def _synthetic(
-    conn: db.Connection, settings: Settings, event_type: str, content_type: str, obj: dict[str, Any]
-) -> Outcome:
+def _synthetic(context: Context, event_type: str, content_type: str, obj: dict[str, Any]) -> Outcome:
     """Feed the PSP's answer through the webhook handlers, recorded like a delivery."""
-    log_id, result = webhooks.apply_synthetic(conn, settings, event_type, content_type, obj)
+    log_id, result = webhooks.apply_synthetic(context.conn, context.settings, event_type, content_type, obj)
     action = "settled" if result == "ok" else "unchanged"
     return Outcome(action, str(obj.get("status")), result, log_id)
 
 
-def _fetch(get: Callable[[str], dict[str, Any]], psp_id: str, id_field: str) -> dict[str, Any] | None:
-    """The PSP's object; a stand-in with status `not_found` when it has none; None on a read error."""
+def _fetch(
+    context: Context, get: Callable[[str], dict[str, Any]], psp_id: str, id_field: str
+) -> dict[str, Any] | None:
+    """The PSP's object; a stand-in with status `not_found` when it has none (and the canary shows
+    it can see our objects: else PspMisconfigured); None on a read error."""
     try:
         return get(psp_id)
     except errors.HyperswitchNotFound:
+        if not context.canary.sees_us():
+            raise PspMisconfigured(psp_id) from None
         return {id_field: psp_id, "status": "not_found"}
     except errors.HyperswitchError as exc:  # unavailable, or an answer we cannot act on (401, 400)
         log.warning("reconcile: reading %s failed: %s", psp_id, exc)
@@ -187,21 +301,49 @@ def _fetch(get: Callable[[str], dict[str, Any]], psp_id: str, id_field: str) -> 
 # -- the phases -------------------------------------------------------------------------------------
 
 
-def _order(conn: db.Connection, client: hyperswitch.Client, settings: Settings, stuck: Stuck) -> Outcome:
-    """A pending order: the PSP's payment decides; none at all means no money was taken."""
-    payment = _fetch(client.get_payment, stuck.psp_id, "payment_id")
+def _order(context: Context, stuck: Stuck) -> Outcome:
+    """A pending order: the PSP's payment decides; none at all means no money was taken. One
+    still not final after RECONCILE_PAYMENT_EXPIRES_AFTER is cancelled at the PSP: the order fails."""
+    payment = _fetch(context, context.client.get_payment, stuck.psp_id, "payment_id")
     if payment is None:
         return Outcome("psp_error")
     status = str(payment.get("status"))
     event_type = PAYMENT_EVENTS.get(status)
-    if event_type is None:
+    if event_type is not None:
+        return _synthetic(context, event_type, "payment_details", payment)
+    if stuck.stuck_for < context.settings.reconcile_payment_expires_after:
         return Outcome("unchanged", status)
-    return _synthetic(conn, settings, event_type, "payment_details", payment)
+    final = _cancel_payment(context, stuck.psp_id, "payment not completed in time")
+    if final is None:
+        return Outcome("psp_error", status)
+    log.warning(
+        "reconcile: order %s payment %s not final after %s: cancelled",
+        stuck.id,
+        stuck.psp_id,
+        stuck.stuck_for,
+    )
+    outcome = _synthetic(context, PAYMENT_EVENTS[str(final["status"])], "payment_details", final)
+    return replace(outcome, action="cancelled") if outcome.action == "settled" else outcome
 
 
-def _refund(conn: db.Connection, client: hyperswitch.Client, settings: Settings, stuck: Stuck) -> Outcome:
+def _cancel_payment(context: Context, payment_id: str, reason: str) -> dict[str, Any] | None:
+    """Cancel a payment that is not final; the PSP's final object (cancelled, or what it became
+    when the cancel is refused because it is final already), or None when it cannot tell."""
+    try:
+        cancelled = context.client.cancel_payment(payment_id, reason)
+    except errors.HyperswitchNotFound:
+        return None
+    except errors.HyperswitchRejected:
+        cancelled = _fetch(context, context.client.get_payment, payment_id, "payment_id") or {}
+    except errors.HyperswitchUnavailable as exc:
+        log.warning("reconcile: cancelling %s failed: %s", payment_id, exc)
+        return None
+    return cancelled if str(cancelled.get("status")) in PAYMENT_EVENTS else None
+
+
+def _refund(context: Context, stuck: Stuck) -> Outcome:
     """A submitted refund with no final webhook: the PSP's status, with its error message."""
-    refund = _fetch(client.get_refund, stuck.psp_id, "refund_id")
+    refund = _fetch(context, context.client.get_refund, stuck.psp_id, "refund_id")
     if refund is None:
         return Outcome("psp_error")
     status = str(refund.get("status"))
@@ -209,12 +351,12 @@ def _refund(conn: db.Connection, client: hyperswitch.Client, settings: Settings,
         if status == "not_found":
             log.error("reconcile: submitted refund %s is unknown to the payment provider", stuck.psp_id)
         return Outcome("unchanged", status)
-    return _synthetic(conn, settings, REFUND_EVENTS[status], "refund_details", refund)
+    return _synthetic(context, REFUND_EVENTS[status], "refund_details", refund)
 
 
-def _orphan(conn: db.Connection, client: hyperswitch.Client, settings: Settings, stuck: Stuck) -> Outcome:
+def _orphan(context: Context, stuck: Stuck) -> Outcome:
     """A refund phase 2 never confirmed. Unknown to the PSP → failed; known → adopt its status."""
-    refund = _fetch(client.get_refund, stuck.psp_id, "refund_id")
+    refund = _fetch(context, context.client.get_refund, stuck.psp_id, "refund_id")
     if refund is None:
         return Outcome("psp_error")
     status = str(refund.get("status"))
@@ -223,18 +365,19 @@ def _orphan(conn: db.Connection, client: hyperswitch.Client, settings: Settings,
             "reconcile: refund %s never reached the payment provider: failed, order reopened", stuck.psp_id
         )
         failed = {**refund, "status": "failed", "error_message": "refund never reached the payment provider"}
-        return _synthetic(conn, settings, "refund_failed", "refund_details", failed)
-    refunds.mark_submitted(conn, stuck.id)  # from now on an ordinary refund
+        return _synthetic(context, "refund_failed", "refund_details", failed)
+    refunds.mark_submitted(context.conn, stuck.id)  # from now on an ordinary refund
     if status not in REFUND_EVENTS:
         return Outcome("adopted", status)
-    return _synthetic(conn, settings, REFUND_EVENTS[status], "refund_details", refund)
+    return _synthetic(context, REFUND_EVENTS[status], "refund_details", refund)
 
 
-def _invoice(conn: db.Connection, client: hyperswitch.Client, settings: Settings, stuck: Stuck) -> Outcome:
+def _invoice(context: Context, stuck: Stuck) -> Outcome:
     """A pending invoice: the PSP's payment decides. One the PSP never got is sent (same payment_id);
     one that is not final is cancelled at the PSP when nobody can or will pay it any more; an
     unpaid one gives its missing client_secret."""
-    payment = _fetch(client.get_payment, stuck.psp_id, "payment_id")
+    conn, client = context.conn, context.client
+    payment = _fetch(context, client.get_payment, stuck.psp_id, "payment_id")
     if payment is None:
         return Outcome("psp_error")
     invoice = subscriptions.lock_invoice(conn, stuck.id)
@@ -245,10 +388,10 @@ def _invoice(conn: db.Connection, client: hyperswitch.Client, settings: Settings
         return Outcome("resent" if sent.submitted_at is not None else "psp_error", status)
     event_type = PAYMENT_EVENTS.get(status)
     if event_type is not None:
-        return _synthetic(conn, settings, event_type, "payment_details", payment)
+        return _synthetic(context, event_type, "payment_details", payment)
     subscription = subscriptions.lock(conn, invoice.subscription_id)
     assert subscription is not None
-    reason = _abandon_reason(subscription, invoice, status, stuck.stuck_for, settings)
+    reason = _abandon_reason(subscription, invoice, status, stuck.stuck_for, context.settings)
     if reason is not None:
         result = subscriptions.abandon(conn, client, subscription, invoice, reason)
         log.info(

@@ -7,14 +7,18 @@ SELECT clock_timestamp() - %(cool_down)s;
 -- One stuck order, locked for this tick: pending with a payment, older than stuck_after, due.
 -- Never-checked rows first, oldest first.
 -- Uses orders_stuck_idx: the cost is the stuck rows', not the table's.
-SELECT o.id, o.payment_id AS psp_id, now() - o.created_at AS stuck_for, coalesce(s.checks, 0) AS checks
+-- "Stuck" counts from the payment's creation (confirm-order), else from the order's.
+SELECT o.id, o.payment_id AS psp_id, now() - coalesce(o.payment_created_at, o.created_at) AS stuck_for,
+       coalesce(s.checks, 0) AS checks
   FROM orders o
   LEFT JOIN reconcile_state s ON s.kind = 'order' AND s.row_id = o.id
  WHERE o.status = 'pending'
    AND o.payment_id IS NOT NULL
-   AND o.created_at < now() - %(stuck_after)s
+   AND coalesce(o.payment_created_at, o.created_at) < now() - %(stuck_after)s
    AND (s.last_checked_at IS NULL OR s.last_checked_at < %(due_before)s)
- ORDER BY s.last_checked_at NULLS FIRST, o.created_at
+   AND s.gave_up_at IS NULL
+   AND o.id <> ALL(%(tried)s::uuid[])
+ ORDER BY s.last_checked_at NULLS FIRST, coalesce(o.payment_created_at, o.created_at)
  LIMIT 1
    FOR UPDATE OF o SKIP LOCKED;
 
@@ -30,6 +34,8 @@ SELECT r.id, r.hyperswitch_refund_id AS psp_id, now() - r.submitted_at AS stuck_
    AND r.submitted_at IS NOT NULL
    AND r.submitted_at < now() - %(stuck_after)s
    AND (s.last_checked_at IS NULL OR s.last_checked_at < %(due_before)s)
+   AND s.gave_up_at IS NULL
+   AND r.id <> ALL(%(tried)s::uuid[])
  ORDER BY s.last_checked_at NULLS FIRST, r.submitted_at
  LIMIT 1
    FOR UPDATE OF o SKIP LOCKED;
@@ -44,8 +50,11 @@ SELECT r.id, r.hyperswitch_refund_id AS psp_id, now() - r.created_at AS stuck_fo
   LEFT JOIN reconcile_state s ON s.kind = 'refund' AND s.row_id = r.id
  WHERE r.status = 'pending'
    AND r.submitted_at IS NULL
+   AND NOT r.automatic
    AND r.created_at < now() - %(stuck_after)s
    AND (s.last_checked_at IS NULL OR s.last_checked_at < %(due_before)s)
+   AND s.gave_up_at IS NULL
+   AND r.id <> ALL(%(tried)s::uuid[])
  ORDER BY s.last_checked_at NULLS FIRST, r.created_at
  LIMIT 1
    FOR UPDATE OF o SKIP LOCKED;
@@ -61,6 +70,8 @@ SELECT i.id, i.payment_id AS psp_id, now() - i.created_at AS stuck_for, coalesce
  WHERE i.status = 'pending'
    AND i.created_at < now() - %(stuck_after)s
    AND (s.last_checked_at IS NULL OR s.last_checked_at < %(due_before)s)
+   AND s.gave_up_at IS NULL
+   AND i.id <> ALL(%(tried)s::uuid[])
  ORDER BY s.last_checked_at NULLS FIRST, i.created_at
  LIMIT 1
    FOR UPDATE OF u SKIP LOCKED;
@@ -77,10 +88,36 @@ VALUES (%(kind)s, %(row_id)s, clock_timestamp(), clock_timestamp())
 RETURNING checks;
 
 -- record_answer --
--- answered: the PSP gave a status (a read error is not an answer and counts nothing).
+-- answered: the PSP gave a status. give_up: its answer ended `error:` when applied: not again.
 UPDATE reconcile_state
    SET checks = checks + %(answered)s::int,
-       last_psp_status = coalesce(%(psp_status)s, last_psp_status)
+       last_psp_status = coalesce(%(psp_status)s, last_psp_status),
+       gave_up_at = CASE WHEN %(give_up)s THEN now() ELSE gave_up_at END
  WHERE kind = %(kind)s
    AND row_id = %(row_id)s
 RETURNING checks;
+
+-- forget_row --
+-- The row is settled: nothing to remember about it (reconcile_state holds only open rows).
+DELETE FROM reconcile_state WHERE kind = %(kind)s AND row_id = %(row_id)s;
+
+-- record_failure --
+-- Our own code raised on the row (its transaction was rolled back): count it; at the limit the
+-- row is given up on (the claims skip it) until a human looks.
+INSERT INTO reconcile_state AS s (kind, row_id, failures, first_checked_at, last_checked_at, gave_up_at)
+VALUES (%(kind)s, %(row_id)s, 1, clock_timestamp(), clock_timestamp(),
+        CASE WHEN %(give_up_after)s <= 1 THEN now() END)
+    ON CONFLICT (kind, row_id) DO UPDATE
+   SET failures = s.failures + 1,
+       last_checked_at = clock_timestamp(),
+       gave_up_at = CASE WHEN s.failures + 1 >= %(give_up_after)s THEN coalesce(s.gave_up_at, now()) END
+RETURNING failures;
+
+-- canary_payment --
+-- A payment we hold as paid, the most recent: if the PSP cannot find even this one, it is not our
+-- objects that are missing but our configuration that is wrong.
+-- Any one will do, so the first found ends the scan.
+(SELECT payment_id FROM orders WHERE status = 'completed' AND payment_id IS NOT NULL LIMIT 1)
+UNION ALL
+(SELECT payment_id FROM subscription_invoices WHERE status = 'paid' AND payment_id IS NOT NULL LIMIT 1)
+LIMIT 1;

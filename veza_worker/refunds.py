@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row
 
-from veza_worker import db, errors, hyperswitch, orders
+from veza_worker import db, errors, events, hyperswitch, orders
 from veza_worker.events import Event
 from veza_worker.settings import Settings
 
@@ -206,14 +206,14 @@ def _summary(conn: db.Connection, opened: Opened) -> dict[str, Any]:
 
 def handle_refund(conn: db.Connection, event: Event, settings: Settings) -> str:
     """refund_succeeded / refund_failed, or any refund object: decided by the object's status."""
-    psp_id = event.data.get("refund_id")
-    if not isinstance(psp_id, str):
+    psp_id = events.object_id(event.data, "refund_id")
+    if psp_id is None:
         return "error: missing refund_id"
     found = conn.execute(QUERIES["find_order_of_refund"], {"hyperswitch_refund_id": psp_id}).fetchone()
     if found is None:  # the webhook may beat phase 1's commit: retried, then skipped
         raise errors.UnknownObject("skipped: unknown refund")
-    refund_id, order_id = found
-    if order_id is None:  # an automatic refund of a subscription invoice: no order to move
+    refund_id, order_id, automatic = found
+    if automatic:  # money we gave back on our own: it moves no order, no balance, no license
         return settle_automatic(conn, refund_id, _psp_status(event), event.data.get("error_message"))
     order = orders.lock(conn, order_id)
     refund = lock(conn, refund_id)
@@ -315,7 +315,7 @@ def open_automatic(
     order_id: uuid.UUID | None = None,
 ) -> bool:
     """Record, in the caller's transaction, a full refund nobody asked for; the refund outbox
-    (`send_automatic`) sends it after the commit. False when the invoice already has one."""
+    (`send_automatic`) sends it after the commit. False when the order or invoice already has one."""
     refund_id = uuid.uuid4()
     params = {
         "id": refund_id,
@@ -378,7 +378,7 @@ def _send_one_automatic(conn: db.Connection, client: hyperswitch.Client, refund_
 
 
 def settle_automatic(conn: db.Connection, refund_id: uuid.UUID, status: str, error_message: Any) -> str:
-    """The PSP's final word on an invoice's automatic refund."""
+    """The PSP's final word on an automatic refund: the refund row alone changes."""
     refund = lock(conn, refund_id)
     assert refund is not None
     if refund.status != "pending":

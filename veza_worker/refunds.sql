@@ -21,7 +21,7 @@ SELECT status FROM refunds WHERE id = %(refund_id)s;
 
 -- find_order_of_refund --
 -- Unlocked: the caller locks the order first, then the refund, the order every writer takes.
-SELECT id, order_id FROM refunds WHERE hyperswitch_refund_id = %(hyperswitch_refund_id)s;
+SELECT id, order_id, automatic FROM refunds WHERE hyperswitch_refund_id = %(hyperswitch_refund_id)s;
 
 -- lock_refund --
 -- The refund row, locked until the caller's transaction ends: a replay waits, then sees the result.
@@ -55,10 +55,12 @@ WITH owed AS (
      WHERE order_id = %(order_id)s
      GROUP BY seller_id
 ), before AS (
+    -- Locked in (seller_id, currency) order, the one order every balance writer keeps.
     SELECT b.seller_id, b.balance, owed.amount
       FROM seller_balances b
       JOIN owed ON owed.seller_id = b.seller_id
      WHERE b.currency = %(currency)s
+     ORDER BY b.seller_id
        FOR UPDATE OF b
 )
 UPDATE seller_balances b
@@ -75,12 +77,12 @@ UPDATE seller_transfers
    AND status <> 'reversed';
 
 -- insert_automatic_refund --
--- A refund nobody asked for by name (requested_by NULL): money we must not keep. An invoice is
--- refunded once, whatever replays.
+-- A refund nobody asked for (automatic, requested_by NULL): money we must not keep. An order or
+-- an invoice is refunded automatically once, whatever replays.
 INSERT INTO refunds (id, order_id, invoice_id, requested_by, amount, currency, reason, note, status,
-                     hyperswitch_refund_id)
+                     hyperswitch_refund_id, automatic)
 VALUES (%(id)s, %(order_id)s, %(invoice_id)s, NULL, %(amount)s, %(currency)s, 'requested_by_customer',
-        %(note)s, 'pending', %(hyperswitch_refund_id)s)
+        %(note)s, 'pending', %(hyperswitch_refund_id)s, true)
     ON CONFLICT DO NOTHING
 RETURNING id;
 
@@ -88,7 +90,7 @@ RETURNING id;
 -- The refund outbox: automatic refunds not yet sent, oldest first (refunds_unsent_automatic_idx).
 SELECT id
   FROM refunds
- WHERE status = 'pending' AND submitted_at IS NULL AND requested_by IS NULL
+ WHERE status = 'pending' AND submitted_at IS NULL AND automatic
  ORDER BY created_at
  LIMIT %(limit)s;
 

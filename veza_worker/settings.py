@@ -42,6 +42,7 @@ class Settings:
     subscription_dunning_schedule: tuple[timedelta, ...] = DEFAULT_DUNNING
     subscription_grace: timedelta = timedelta(days=3)
     subscription_payment_expires_after: timedelta = timedelta(days=1)
+    reconcile_payment_expires_after: timedelta = timedelta(days=2)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -68,6 +69,7 @@ class Settings:
             subscription_dunning_schedule=reader.schedule("SUBSCRIPTION_DUNNING_SCHEDULE", "1d,3d,5d"),
             subscription_grace=reader.duration("SUBSCRIPTION_GRACE", "3d"),
             subscription_payment_expires_after=reader.duration("SUBSCRIPTION_PAYMENT_EXPIRES_AFTER", "1d"),
+            reconcile_payment_expires_after=reader.duration("RECONCILE_PAYMENT_EXPIRES_AFTER", "2d"),
         )
         settings.check_hyperswitch()
         return settings

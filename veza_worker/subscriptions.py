@@ -32,14 +32,10 @@ QUERIES = db.load_queries(__name__)
 Row = TypeVar("Row")
 NOT_CONFIGURED = "payment provider not configured — paid plans temporarily unavailable"
 LIVE = ("active", "trialing", "pending_payment", "past_due")
-# Hyperswitch IntentStatus values that end a payment: True = the money was taken.
-FINAL_PAYMENT_STATUSES = {
-    "succeeded": True,
-    "failed": False,
-    "cancelled": False,
-    "cancelled_post_capture": False,
-    "expired": False,
-}
+# Hyperswitch IntentStatus values that end a payment (src: IntentStatus::is_in_terminal_state).
+FINAL_PAYMENT_STATUSES = frozenset(
+    {"succeeded", "failed", "cancelled", "cancelled_post_capture", "expired", "partially_captured"}
+)
 
 
 @dataclass(frozen=True)
@@ -366,8 +362,15 @@ def abandon(
     """
     try:
         payment = client.cancel_payment(invoice.payment_id, reason)
-    except errors.HyperswitchNotFound:  # the create never reached the PSP: nothing to cancel
-        payment = {"payment_id": invoice.payment_id, "status": "cancelled"}
+    except errors.HyperswitchNotFound:
+        if invoice.submitted_at is not None:  # the PSP answered its create: it is our config that is off
+            log.error(
+                "subscription %s: payment %s is unknown to the PSP after its create",
+                subscription.id,
+                invoice.payment_id,
+            )
+            return None
+        payment = {"payment_id": invoice.payment_id, "status": "cancelled"}  # never reached it
     except errors.HyperswitchRejected:  # final already: apply what it became
         try:
             payment = client.get_payment(invoice.payment_id)
@@ -392,33 +395,43 @@ def abandon(
 def apply_payment(
     conn: db.Connection, subscription_id: uuid.UUID, invoice_id: uuid.UUID, event: events.Event
 ) -> str:
-    """payment_succeeded / payment_failed / payment_cancelled for a subscription invoice."""
+    """A final payment event (payment_succeeded, _captured, _failed, _cancelled) for an invoice."""
     subscription = lock(conn, subscription_id)
     invoice = lock_invoice(conn, invoice_id)
     assert subscription is not None and invoice is not None
-    status = "succeeded" if event.event_type == "payment_succeeded" else "failed"
-    return settle(conn, subscription, invoice, {**event.data, "status": status})
+    return settle(conn, subscription, invoice, event.data, event.event_type)
 
 
 def settle(
-    conn: db.Connection, subscription: Subscription, invoice: Invoice, payment: Mapping[str, Any]
+    conn: db.Connection,
+    subscription: Subscription,
+    invoice: Invoice,
+    payment: Mapping[str, Any],
+    event_type: str | None = None,
 ) -> str:
-    """Apply a final payment (its `status` decides) to a locked subscription and invoice."""
-    succeeded = FINAL_PAYMENT_STATUSES.get(str(payment.get("status")), False)
+    """Apply a final payment to a locked subscription and invoice: the object's status and
+    captured amount decide. Money nobody owes us (a failed invoice, a subscription that is over,
+    a period already paid, a partial capture) is refunded in full automatically."""
+    outcome = events.payment_outcome(event_type, payment)
     if invoice.status != "pending":
-        if succeeded and invoice.status == "failed":
-            return _refund_unwanted(conn, invoice, payment, "a failed invoice")
+        if outcome.kind != "failed" and invoice.status == "failed":
+            return _refund_unwanted(conn, invoice, outcome.captured, "a failed invoice")
         return f"skipped: invoice already {invoice.status}"
-    if not succeeded:
+    if outcome.kind == "failed":
         _fail(conn, subscription, invoice)
+        return "ok"
+    if outcome.kind == "partial":
+        _fail(conn, subscription, invoice)
+        if outcome.captured > 0:
+            _refund_unwanted(conn, invoice, outcome.captured, "a partial capture")
         return "ok"
     if not events.paid_in_full(payment, invoice.amount, invoice.currency, f"invoice {invoice.id}"):
         return "error: amount mismatch"
     conn.execute(QUERIES["pay_invoice"], {"invoice_id": invoice.id})
     if subscription.status in ("expired", "canceled"):
-        return _refund_unwanted(conn, invoice, payment, f"a {subscription.status} subscription")
+        return _refund_unwanted(conn, invoice, outcome.captured, f"a {subscription.status} subscription")
     if _already_paid_for(subscription, invoice):
-        return _refund_unwanted(conn, invoice, payment, "a period already paid")
+        return _refund_unwanted(conn, invoice, outcome.captured, "a period already paid")
     _activate(conn, subscription, invoice, payment)
     return "ok"
 
@@ -465,10 +478,8 @@ def _fail(conn: db.Connection, subscription: Subscription, invoice: Invoice) -> 
         )
 
 
-def _refund_unwanted(conn: db.Connection, invoice: Invoice, payment: Mapping[str, Any], what: str) -> str:
+def _refund_unwanted(conn: db.Connection, invoice: Invoice, amount: int, what: str) -> str:
     """No money kept for nothing: the whole captured amount goes back, automatically, once."""
-    received = payment.get("amount_received")
-    amount = received if isinstance(received, int) and received > 0 else invoice.amount
     opened = refunds.open_automatic(
         conn,
         invoice_id=invoice.id,
@@ -499,8 +510,8 @@ def store_client_secret(conn: db.Connection, invoice: Invoice, client_secret: st
 
 def forget_payment_method(conn: db.Connection, event: events.Event, settings: Any) -> str:
     """mandate_revoked: the saved method can no longer be charged; renewals go on-session."""
-    method = event.data.get("payment_method_id")
-    if not isinstance(method, str) or not method:
+    method = events.object_id(event.data, "payment_method_id")
+    if method is None:
         return "error: missing payment_method_id"
     if event.event_type == "mandate_revoked" or event.data.get("status") == "revoked":
         cleared = conn.execute(QUERIES["forget_payment_method"], {"payment_method_id": method}).fetchall()

@@ -6,7 +6,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,8 +32,8 @@ Enqueue = Callable[[int], Any]
 
 def handle_payment(conn: db.Connection, event: events.Event, settings: Settings) -> str:
     """A terminal payment event, for the order or the subscription invoice that owns the payment."""
-    payment_id = event.data.get("payment_id")
-    if not isinstance(payment_id, str):
+    payment_id = events.object_id(event.data, "payment_id")
+    if payment_id is None:
         return "error: missing payment_id"
     order = orders.lock_by_payment(conn, payment_id)
     if order is not None:
@@ -49,6 +49,7 @@ def handle_payment(conn: db.Connection, event: events.Event, settings: Settings)
 # Types with no entry end `skipped: unhandled <type>`, unless the object is a refund.
 HANDLERS: dict[str, Handler] = {
     "payment_succeeded": handle_payment,
+    "payment_captured": handle_payment,
     "payment_failed": handle_payment,
     "payment_cancelled": handle_payment,
     "refund_succeeded": refunds.handle_refund,
@@ -107,6 +108,23 @@ def delivery(
         request_id=_header_text(headers.get("x-request-id")) or str(uuid.uuid4()),
         event_type=event_type,
         event_id=event_id,
+    )
+
+
+_CUT = 200
+
+
+def cut_down(record: Delivery) -> Delivery:
+    """The same delivery with every short field cut to 200 characters and no event_id (a cut id
+    could dedupe two different events): what the receiver stores when a value was refused. The
+    body (payload) is kept whole: it is what gets applied, and handlers are idempotent anyway."""
+    return replace(
+        record,
+        source_ip=record.source_ip and record.source_ip[:_CUT],
+        user_agent=record.user_agent and record.user_agent[:_CUT],
+        request_id=record.request_id[:_CUT],
+        event_type=record.event_type and record.event_type[:_CUT],
+        event_id=None,
     )
 
 
@@ -178,16 +196,25 @@ def process(
     except Exception as exc:
         reason = _clip(f"{type(exc).__name__}: {exc}")
         final = exc.result if isinstance(exc, errors.UnknownObject) else f"error: {reason}"
+        last = final_attempt or not transient(exc)  # a deterministic error fails the same way every time
         with conn.transaction():
             conn.execute(
                 QUERIES["record_failure"], {"log_id": log_id, "error": reason, "retry_within": retry_within}
             )
-            if final_attempt:
+            if last:
                 finish(conn, log_id, final)
-        if not final_attempt:
+        if not last:
             raise
         log.error("webhook log_id=%s failed for good: %s", log_id, reason)
         return final
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a retry can cure it: the database busy or away, the PSP away, or an object our own
+    transaction has not committed yet. Anything else (a bad value, a constraint, a bug) cannot."""
+    if isinstance(exc, errors.UnknownObject | errors.HyperswitchUnavailable | ConnectionError | TimeoutError):
+        return True
+    return db.is_transient(exc)
 
 
 def apply(conn: db.Connection, log_id: int, settings: Settings) -> str | None:
@@ -209,6 +236,13 @@ def _outcome(conn: db.Connection, row: LogRow, settings: Settings) -> str:
         event = events.parse(row.body)
     except events.BadDelivery as exc:
         return f"error: {exc}"
+    try:
+        return _dispatch(conn, row, event, settings)
+    except events.BadDelivery as exc:  # a value inside the object that can never be applied
+        return f"error: {exc}"
+
+
+def _dispatch(conn: db.Connection, row: LogRow, event: events.Event, settings: Settings) -> str:
     if row.event_id is not None:
         conn.execute(QUERIES["lock_event"], {"event_id": row.event_id})
         if event_already_applied(conn, row.event_id, row.id):
