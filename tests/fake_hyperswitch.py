@@ -27,7 +27,7 @@ import httpx
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from tests import openapi
@@ -69,6 +69,9 @@ class FakeHyperswitch:
     # What the next off-session charges come back as (then "succeeded"): succeeded, failed,
     # requires_customer_action (the bank wants 3DS), processing.
     off_session_outcomes: list[str] = field(default_factory=list)
+    # A misconfigured deployment as our API calls see it: "he_02" (an API key of another
+    # merchant account: every object unknown) or "html_404" (a wrong path in HYPERSWITCH_URL).
+    misconfigured: str | None = None
     calls: list[Call] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)  # spec violations in our requests
     failures: dict[str, list[Failure]] = field(default_factory=dict)
@@ -105,6 +108,10 @@ async def _guard(request: Request, fake: FakeHyperswitch, route: str) -> tuple[A
     fake.calls.append(Call(request.method, request.url.path, dict(request.headers), body, request.url.query))
     if request.headers.get("api-key") != fake.api_key:
         return body, _error(401, "IR_01", "API key not provided or invalid API key used")
+    if fake.misconfigured == "he_02":
+        return body, _error(404, "HE_02", "Requested resource not found")
+    if fake.misconfigured == "html_404":
+        return body, HTMLResponse("<html><body><h1>404 Not Found</h1></body></html>", status_code=404)
     scripted = fake.failures.get(route)
     if scripted and not scripted[0].acted:
         return body, await _fail(scripted.pop(0))

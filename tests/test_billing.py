@@ -760,3 +760,26 @@ def test_the_reconciler_sends_an_invoice_the_psp_never_got_instead_of_failing_it
         and sent["client_secret"] == fake.payments[sent["payment_id"]]["client_secret"]
     )
     assert sub(conn, invoice["subscription_id"])["status"] == "pending_payment"
+
+
+def test_a_trial_ended_with_no_provider_is_charged_by_the_reconciler_once_one_is_configured(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    psp_settings: Settings,
+) -> None:
+    with_trial = make_plan(conn, 999, trial_days=7)
+    out = subscriptions.subscribe(conn, None, uuid.uuid4(), with_trial)
+    subscription_id = uuid.UUID(out["subscription_id"])
+    travel(conn, subscription_id, 8 * DAY)
+    assert billing.end_trials(conn, None)["no_provider"] == 1
+    travel(conn, subscription_id, DAY / 24)
+
+    with psycopg.connect(psp_settings.database_url) as own:
+        assert reconcile.tick(own, client, psp_settings)["subscriptions"] == {"checked": 1, "resent": 1}
+
+    [invoice] = invoices_of(conn, subscription_id)
+    assert invoice["submitted_at"] is not None and invoice["payment_id"] in fake.payments
+    [call] = charges(fake)
+    assert call.headers["idempotency-key"] == str(subscription_id)  # a first payment keys on the subscription
+    assert sub(conn, subscription_id)["status"] == "pending_payment"  # charged, not expired

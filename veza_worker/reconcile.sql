@@ -63,7 +63,9 @@ SELECT r.id, r.hyperswitch_refund_id AS psp_id, now() - r.created_at AS stuck_fo
 -- One pending subscription invoice older than stuck_after: a first payment, a renewal or a
 -- dunning attempt (subscription_invoices_pending_idx). Its subscription is the row locked: every
 -- writer locks the subscription before the invoice.
-SELECT i.id, i.payment_id AS psp_id, now() - i.created_at AS stuck_for, coalesce(s.checks, 0) AS checks
+-- stuck_for counts from when the PSP got the payment: its expiry is the payment's, not the row's.
+SELECT i.id, i.payment_id AS psp_id, now() - coalesce(i.submitted_at, i.created_at) AS stuck_for,
+       coalesce(s.checks, 0) AS checks
   FROM subscription_invoices i
   JOIN user_subscriptions u ON u.id = i.subscription_id
   LEFT JOIN reconcile_state s ON s.kind = 'invoice' AND s.row_id = i.id
