@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -11,7 +12,7 @@ import dramatiq
 import psycopg
 import pytest
 
-from tests.support import at_once, envelope, join, log_rows, run_cli, store
+from tests.support import at_once, envelope, join, log_rows, make_order, rows, run_cli, store
 from veza_worker import retention, webhooks
 
 
@@ -189,7 +190,7 @@ def test_retention_deletes_in_batches(conn: psycopg.Connection[Any]) -> None:
 
     outcome = retention.cleanup(conn, timedelta(days=90), batch_size=10, pause=0)
 
-    assert outcome == {"deleted": 24, "batches": 3}
+    assert outcome == {"deleted": 24, "batches": 3, "reconcile_state_pruned": 0}
     assert [r["id"] for r in log_rows(conn)] == [ids[0]]
 
 
@@ -204,5 +205,24 @@ def test_the_cleanup_command_reads_the_retention_days(
     env_run = run_cli("cleanup", DATABASE_URL=database_url, HYPERSWITCH_WEBHOOK_LOG_RETENTION_DAYS="7")
 
     assert env_run.returncode == 0, env_run.stderr
-    assert json.loads(env_run.stdout) == {"deleted": 1, "batches": 1}
+    assert json.loads(env_run.stdout) == {"deleted": 1, "batches": 1, "reconcile_state_pruned": 0}
     assert [r["id"] for r in log_rows(conn)] == [recent]
+
+
+def test_cleanup_prunes_what_the_reconciler_remembers_of_rows_no_longer_open(
+    conn: psycopg.Connection[Any],
+) -> None:
+    open_order = make_order(conn, [(uuid.uuid4(), 100)], payment_id="pay_open")
+    settled_order = make_order(conn, [(uuid.uuid4(), 100)], status="completed", payment_id="pay_done")
+    gave_up = make_order(conn, [(uuid.uuid4(), 100)], status="completed", payment_id="pay_human")
+    for order_id in (open_order, settled_order):
+        conn.execute("INSERT INTO reconcile_state (kind, row_id) VALUES ('order', %s)", [order_id])
+    conn.execute(
+        "INSERT INTO reconcile_state (kind, row_id, gave_up_at) VALUES ('order', %s, now())", [gave_up]
+    )
+    conn.execute("INSERT INTO reconcile_state (kind, row_id) VALUES ('invoice', %s)", [uuid.uuid4()])
+
+    assert retention.cleanup(conn, timedelta(days=90))["reconcile_state_pruned"] == 2
+
+    remaining = {r["row_id"] for r in rows(conn, "SELECT row_id FROM reconcile_state")}
+    assert remaining == {open_order, gave_up}

@@ -21,6 +21,7 @@ def cleanup(
     """Delete log rows older than `retention`, one short transaction per batch, pausing between.
 
     Rows still `queued` or ended in `error…` need a human first and are kept whatever their age.
+    Then the reconciler's memory of rows that are no longer open is pruned.
     """
     deleted = batches = 0
     while True:
@@ -33,5 +34,12 @@ def cleanup(
         if count < batch_size:
             break
         time.sleep(pause)
-    log.info("retention deleted %d webhook log rows in %d batches", deleted, batches)
-    return {"deleted": deleted, "batches": batches}
+    with conn.transaction():
+        pruned = conn.execute(QUERIES["prune_reconcile_state"]).rowcount
+    log.info(
+        "retention deleted %d webhook log rows in %d batches; %d reconcile_state rows pruned",
+        deleted,
+        batches,
+        pruned,
+    )
+    return {"deleted": deleted, "batches": batches, "reconcile_state_pruned": pruned}
