@@ -270,21 +270,44 @@ async def create_refund(request: Request) -> Response:
     if payment["status"] != "succeeded":
         message = f"This Payment could not be refund because it has a status of {payment['status']}."
         return _error(400, "IR_14", message)
-    fake.refunds[refund_id] = {
+    amount = body.get("amount") or payment["amount_received"] or payment["amount"]
+    if amount <= 0:
+        return _error(400, "IR_06", "Refund amount must be greater than zero")
+    if refunded_so_far(fake, payment["payment_id"]) + amount > (
+        payment["amount_received"] or payment["amount"]
+    ):
+        return _error(400, "IR_13", "The refund amount exceeds the amount captured")
+    fake.refunds[refund_id] = new_refund(payment, refund_id, amount, body.get("reason"), body.get("metadata"))
+    return await _reply(fake, "POST /refunds", fake.refunds[refund_id])
+
+
+def refunded_so_far(fake: FakeHyperswitch, payment_id: str) -> int:
+    """What counts against the captured amount: every refund of the payment not failed (pending
+    and review ones too, as the server counts them)."""
+    return sum(
+        r["amount"]
+        for r in fake.refunds.values()
+        if r["payment_id"] == payment_id and r["status"] != "failed"
+    )
+
+
+def new_refund(
+    payment: dict[str, Any], refund_id: str, amount: int, reason: Any = None, metadata: Any = None
+) -> dict[str, Any]:
+    return {
         "refund_id": refund_id,
         "payment_id": payment["payment_id"],
-        "amount": body.get("amount") or payment["amount"],
+        "amount": amount,
         "currency": payment["currency"],
         "status": "pending",
-        "reason": body.get("reason"),
-        "metadata": body.get("metadata"),
+        "reason": reason,
+        "metadata": metadata,
         "error_message": None,
         "error_code": None,
         "created_at": _now(),
         "updated_at": _now(),
         "connector": "fauxpay",
     }
-    return await _reply(fake, "POST /refunds", fake.refunds[refund_id])
 
 
 async def get_refund(request: Request) -> Response:
@@ -367,6 +390,31 @@ def revoke_mandate(fake: FakeHyperswitch, payment_method_id: str) -> dict[str, A
     }
 
 
+def refund_from_dashboard(
+    fake: FakeHyperswitch, payment_id: str, amount: int, outcome: str
+) -> dict[str, Any]:
+    """Support staff refund a payment in the Hyperswitch dashboard: a refund id we never made."""
+    refund_id = f"ref_{secrets.token_hex(10)}"
+    fake.refunds[refund_id] = new_refund(
+        fake.payments[payment_id], refund_id, amount, "requested_by_customer"
+    )
+    return settle_refund(fake, refund_id, outcome, None if outcome == "succeeded" else "card expired")
+
+
+async def dashboard_refund(request: Request) -> Response:
+    """POST /_fake/payments/{id}/dashboard_refund?amount=N&outcome=succeeded: refund it as staff
+    would in the dashboard, and send its webhook."""
+    fake: FakeHyperswitch = request.app.state.fake
+    payment = fake.payments.get(request.path_params["payment_id"])
+    if payment is None:
+        return _error(404, "HE_02", "Payment does not exist in our records")
+    amount = int(request.query_params.get("amount") or payment["amount"])
+    outcome = request.query_params.get("outcome", "succeeded")
+    refund = refund_from_dashboard(fake, payment["payment_id"], amount, outcome)
+    delivered = await _send_webhook(fake, f"refund_{outcome}", refund)
+    return JSONResponse({"object": refund, "event_type": f"refund_{outcome}", "webhook_status": delivered})
+
+
 async def add_payment_methods(request: Request) -> Response:
     """POST /_fake/payment_methods [[pm_id, customer_id], ...]: methods saved earlier (benchmarks)."""
     fake: FakeHyperswitch = request.app.state.fake
@@ -417,6 +465,7 @@ def create_fake(api_key: str, webhook_url: str | None = None, webhook_secret: st
             Route("/refunds/{refund_id}", get_refund, methods=["GET"]),
             Route("/_fake/mandates/{payment_method_id:str}/revoke", revoke, methods=["POST"]),
             Route("/_fake/payment_methods", add_payment_methods, methods=["POST"]),
+            Route("/_fake/payments/{payment_id:str}/dashboard_refund", dashboard_refund, methods=["POST"]),
             Route("/_fake/calls", call_counts, methods=["GET"]),
             Route("/_fake/{kind:str}/{object_id:str}/{outcome:str}", control, methods=["POST"]),
         ]

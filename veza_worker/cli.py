@@ -74,6 +74,7 @@ def cmd_refund(args: argparse.Namespace, settings: Settings) -> Any:
             client,
             args.order_id,
             args.requested_by,
+            items=args.items,
             reason=args.reason,
             note=args.note,
             refund_window=settings.refund_window,
@@ -158,9 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--force", action="store_true", help="apply again rows that already have a result")
     confirm = add("confirm-order", cmd_confirm_order, "create the PSP payment of a pending order")
     confirm.add_argument("order_id", metavar="ORDER_ID", type=_uuid)
-    refund = add("refund", cmd_refund, "refund a completed order in full")
+    refund = add(
+        "refund", cmd_refund, "refund items of a completed order (default: every item not yet refunded)"
+    )
     refund.add_argument("order_id", metavar="ORDER_ID", type=_uuid)
     refund.add_argument("--by", dest="requested_by", metavar="USER_ID", type=_uuid, required=True)
+    refund.add_argument(
+        "--item",
+        dest="items",
+        metavar="ORDER_ITEM_ID",
+        type=_uuid,
+        action="append",
+        help="an item to refund (repeat for several); a seller may refund only their own",
+    )
     refund.add_argument("--reason", choices=refunds.REASONS, default=refunds.DEFAULT_REASON)
     refund.add_argument("--note", type=_note, help="free text, kept and sent as metadata.note")
     subscribe = add("subscribe", cmd_subscribe, "subscribe a user to a plan")

@@ -56,7 +56,7 @@ SELECT order_id, seller_id, sum(amount), %(currency)s
   FROM order_items
  WHERE order_id = %(order_id)s
  GROUP BY order_id, seller_id
-    ON CONFLICT (order_id, seller_id) DO NOTHING;
+    ON CONFLICT (order_id, seller_id) WHERE status <> 'reversed' DO NOTHING;
 
 -- fail_order --
 UPDATE orders

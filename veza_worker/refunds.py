@@ -1,13 +1,16 @@
-"""The refund state machine, in three phases.
+"""The refund state machine, in three phases, by item.
 
-1. `open`: one short transaction with the order locked: checks, refund row `pending` with its PSP
-   id derived from its own uuid, order `refund_pending`.
+1. `open`: one short transaction with the order locked: checks, the items to refund (default: every
+   item not yet refunded; a seller only their own), refund row `pending` for their sum with its PSP
+   id derived from its own uuid, `refund_items`, order `refund_pending` (one refund in flight).
 2. `submit`: `POST /refunds` outside any transaction. A definitive rejection fails the refund and
    puts the order back to `completed`; an ambiguous failure changes nothing (the reconciler
    settles it); success sets `submitted_at` and the status stays `pending`.
-3. `settle`: the PSP's final word (webhook or reconciler). succeeded → refund succeeded, order
-   refunded, licenses revoked, sellers debited (clamped at zero), transfers reversed, in one
-   transaction; failed → refund failed, order `completed`. A terminal refund ignores the rest.
+3. `settle`: the PSP's final word (webhook or reconciler). succeeded → refund succeeded; for its
+   items only: licenses revoked, sellers debited (clamped at zero), transfers split and reversed;
+   `refunded_amount` raised; order `refunded` when no item is left, else `completed`; one
+   transaction. failed → refund failed, order `completed`, its items free to ask again. A terminal
+   refund ignores the rest. A refund made at the PSP (dashboard, API) is adopted (`adopt`).
 
 Every writer locks the order first, then the refund.
 """
@@ -45,6 +48,7 @@ class Refund:
     hyperswitch_refund_id: str
     submitted_at: datetime | None
     succeeded_at: datetime | None
+    requested_by: uuid.UUID | None  # None: made at the PSP (adopted) or automatic
 
 
 @dataclass(frozen=True)
@@ -64,12 +68,15 @@ def request(
     order_id: uuid.UUID,
     requested_by: uuid.UUID,
     *,
+    items: list[uuid.UUID] | None = None,
     reason: str = DEFAULT_REASON,
     note: str | None = None,
     refund_window: timedelta,
 ) -> dict[str, Any]:
-    """Phases 1 and 2: `{refund_id, hyperswitch_refund_id, status}`, status being ours."""
-    opened = open_refund(conn, order_id, requested_by, reason=reason, note=note, refund_window=refund_window)
+    """Phases 1 and 2: `{refund_id, hyperswitch_refund_id, status, amount, items}`, status being ours."""
+    opened = open_refund(
+        conn, order_id, requested_by, items=items, reason=reason, note=note, refund_window=refund_window
+    )
     submit(conn, client, opened, reason=reason, note=note)
     return _summary(conn, opened)
 
@@ -87,25 +94,31 @@ def open_refund(
     order_id: uuid.UUID,
     requested_by: uuid.UUID,
     *,
+    items: list[uuid.UUID] | None = None,
     reason: str,
     note: str | None,
     refund_window: timedelta,
 ) -> Opened:
+    """The buyer may refund any items of the order; a seller only their own (by default, all of
+    their items not yet refunded). Each rejection is a DomainError saying why; nothing is written."""
     if reason not in REASONS:
         raise ValueError(f"refund reason must be one of {', '.join(REASONS)}")
     with conn.transaction():
         order = orders.lock(conn, order_id)
         if order is None:
             raise errors.NotFound(f"order {order_id} not found")
-        if requested_by != order.buyer_id and not orders.is_seller(conn, order.id, requested_by):
+        is_buyer = requested_by == order.buyer_id
+        if not is_buyer and not orders.is_seller(conn, order.id, requested_by):
             raise errors.Forbidden(
                 f"user {requested_by} is neither the buyer nor a seller of order {order_id}"
             )
         payment_id = _refundable(order, refund_window)
+        chosen = _choose_items(conn, order, items, None if is_buyer else requested_by)
+        amount = sum(item.amount for item in chosen)
+        if amount == 0:
+            raise errors.DomainError(f"order {order.id}: the items asked for cost nothing: nothing to refund")
         refund_id = uuid.uuid4()
-        opened = Opened(
-            refund_id, hyperswitch.merchant_id("ref", refund_id), order.id, payment_id, order.total_amount
-        )
+        opened = Opened(refund_id, hyperswitch.merchant_id("ref", refund_id), order.id, payment_id, amount)
         try:
             with conn.transaction():  # a savepoint: the UNIQUE below may refuse the row
                 conn.execute(
@@ -114,7 +127,7 @@ def open_refund(
                         "id": refund_id,
                         "order_id": order.id,
                         "requested_by": requested_by,
-                        "amount": order.total_amount,
+                        "amount": amount,
                         "currency": order.currency,
                         "reason": reason,
                         "note": note,
@@ -123,15 +136,73 @@ def open_refund(
                 )
         except psycopg.errors.UniqueViolation as exc:  # a pending refund the order status did not show
             raise errors.DomainError("refund already in progress") from exc
+        _add_items(conn, refund_id, [item.id for item in chosen])
         _set_order_status(conn, order.id, "refund_pending")
-    log.info("refund %s opened for order %s by %s", opened.hyperswitch_refund_id, order.id, requested_by)
+    log.info(
+        "refund %s opened for order %s by %s: %d items, %d %s",
+        opened.hyperswitch_refund_id,
+        order.id,
+        requested_by,
+        len(chosen),
+        amount,
+        order.currency,
+    )
     return opened
+
+
+@dataclass(frozen=True)
+class Item:
+    """An order item and where it stands: refunded (a succeeded refund has it), in_flight (pending)."""
+
+    id: uuid.UUID
+    seller_id: uuid.UUID
+    amount: int
+    refunded: bool
+    in_flight: bool
+
+
+def order_items(conn: db.Connection, order_id: uuid.UUID) -> list[Item]:
+    with conn.cursor(row_factory=class_row(Item)) as cur:
+        return cur.execute(QUERIES["order_items"], {"order_id": order_id}).fetchall()
+
+
+def _choose_items(
+    conn: db.Connection, order: orders.Order, asked: list[uuid.UUID] | None, seller: uuid.UUID | None
+) -> list[Item]:
+    """The items to refund: those asked for, each checked, or by default every one not yet refunded
+    (a seller's default and limit: their own)."""
+    all_items = order_items(conn, order.id)
+    by_id = {item.id: item for item in all_items}
+    if asked is None:
+        chosen = [i for i in all_items if not i.refunded and (seller is None or i.seller_id == seller)]
+        if not chosen:
+            raise errors.DomainError(f"order {order.id}: nothing left to refund")
+        return chosen
+    chosen = []
+    for item_id in dict.fromkeys(asked):
+        item = by_id.get(item_id)
+        if item is None:
+            raise errors.DomainError(f"item {item_id} is not an item of order {order.id}")
+        if item.refunded or item.in_flight:
+            raise errors.DomainError(f"item {item_id} of order {order.id} is already refunded")
+        if seller is not None and item.seller_id != seller:
+            raise errors.Forbidden(
+                f"item {item_id} is not sold by {seller}: a seller refunds only their own items"
+            )
+        chosen.append(item)
+    return chosen
+
+
+def _add_items(conn: db.Connection, refund_id: uuid.UUID, item_ids: list[uuid.UUID]) -> None:
+    conn.execute(QUERIES["insert_refund_items"], {"refund_id": refund_id, "item_ids": item_ids})
 
 
 def _refundable(order: orders.Order, refund_window: timedelta) -> str:
     """The payment to refund, or the DomainError that says why this order cannot be refunded."""
     if order.status == "refund_pending":
         raise errors.DomainError("refund already in progress")
+    if order.status in ("disputed", "charged_back"):
+        raise errors.DomainError(f"order {order.id} has a dispute")
     if order.status != "completed":
         raise errors.DomainError(f"order {order.id} is {order.status}: only completed orders can be refunded")
     if order.payment_id is None or order.total_amount == 0:
@@ -210,10 +281,10 @@ def handle_refund(conn: db.Connection, event: Event, settings: Settings) -> str:
     if psp_id is None:
         return "error: missing refund_id"
     found = conn.execute(QUERIES["find_order_of_refund"], {"hyperswitch_refund_id": psp_id}).fetchone()
-    if found is None:  # the webhook may beat phase 1's commit: retried, then skipped
-        raise errors.UnknownObject("skipped: unknown refund")
+    if found is None:
+        return _adopt_or_wait(conn, psp_id, event)
     refund_id, order_id, automatic = found
-    if automatic:  # money we gave back on our own: it moves no order, no balance, no license
+    if automatic or order_id is None:  # money we gave back on our own: it moves no order or balance
         return settle_automatic(conn, refund_id, _psp_status(event), event.data.get("error_message"))
     order = orders.lock(conn, order_id)
     refund = lock(conn, refund_id)
@@ -221,6 +292,68 @@ def handle_refund(conn: db.Connection, event: Event, settings: Settings) -> str:
     message = event.data.get("error_message")
     message = message if isinstance(message, str) else None
     return settle(conn, order, refund, _psp_status(event), message, event.data.get("amount"))
+
+
+def _adopt_or_wait(conn: db.Connection, psp_id: str, event: Event) -> str:
+    """A refund we never created: made at the PSP for one of our payments (adopted), or the
+    webhook beat phase 1's commit (retried, then `skipped: unknown refund`)."""
+    payment_id = events.object_id(event.data, "payment_id")
+    order = orders.lock_by_payment(conn, payment_id) if payment_id else None
+    if order is None:
+        raise errors.UnknownObject("skipped: unknown refund")
+    return adopt(conn, order, psp_id, event)
+
+
+def adopt(conn: db.Connection, order: orders.Order, psp_id: str, event: Event) -> str:
+    """Record a refund made in the Hyperswitch dashboard or API. On a completed order, for the
+    whole remaining amount it has a refund's full effects; for any other amount, or on an order in
+    another state, it is recorded, changes no balance, and one ERROR line asks a human."""
+    amount = event.data.get("amount")
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+        return "error: invalid refund amount"
+    status = _psp_status(event)
+    message = event.data.get("error_message")
+    applies = status == "succeeded" and order.status == "completed"
+    recorded = "pending" if applies or status not in ("succeeded", "failed") else status
+    reason = event.data.get("reason")
+    refund_id = uuid.uuid4()
+    conn.execute(
+        QUERIES["insert_adopted_refund"],
+        {
+            "id": refund_id,
+            "order_id": order.id,
+            "invoice_id": None,
+            "amount": amount,
+            "currency": order.currency,
+            "reason": reason if isinstance(reason, str) else DEFAULT_REASON,
+            "status": recorded,
+            "hyperswitch_refund_id": psp_id,
+            "error_message": message if isinstance(message, str) and status == "failed" else None,
+        },
+    )
+    log.warning(
+        "refund %s made at the payment provider for order %s: %d %s %s, adopted",
+        psp_id,
+        order.id,
+        amount,
+        order.currency,
+        status,
+    )
+    if applies:
+        refund = lock(conn, refund_id)
+        assert refund is not None
+        return settle(conn, order, refund, status, None, amount)
+    if status == "succeeded":
+        log.error(
+            "refund %s of %d %s made at the payment provider for order %s, which is %s: recorded,"
+            " no balance changed; needs a human",
+            psp_id,
+            amount,
+            order.currency,
+            order.id,
+            order.status,
+        )
+    return "ok"
 
 
 def _psp_status(event: Event) -> str:
@@ -258,23 +391,21 @@ def settle(
                 refund.currency,
             )
             return "error: refund amount mismatch"
-        _succeed(conn, order, refund)
-        return "ok"
+        return _succeed(conn, order, refund)
     if status == "failed":
         _fail(conn, order, refund, error_message or "refund failed at the payment provider")
         return "ok"
     return f"skipped: refund status {status or 'missing'}"
 
 
-def _succeed(conn: db.Connection, order: orders.Order, refund: Refund) -> None:
-    """One transaction (the caller's): refund, order, licenses, balances, transfers."""
+def _succeed(conn: db.Connection, order: orders.Order, refund: Refund) -> str:
+    """One transaction (the caller's): refund, order, and for the refund's items only: licenses,
+    balances, transfers. A refund with no items (made at the PSP) takes every item left when its
+    amount is theirs; any other amount is recorded with no effect and needs a human."""
     params = {"refund_id": refund.id, "order_id": order.id, "currency": order.currency}
     conn.execute(QUERIES["succeed_refund"], params)
-    if order.status != "refund_pending":
-        log.warning(
-            "refund %s succeeded while order %s was %s", refund.hyperswitch_refund_id, order.id, order.status
-        )
-    _set_order_status(conn, order.id, "refunded")
+    if not _has_items(conn, refund) and not _take_remaining_items(conn, order, refund):
+        return "ok"
     conn.execute(QUERIES["revoke_licenses"], params)
     for seller_id, shortfall in conn.execute(QUERIES["debit_sellers"], params).fetchall():
         if shortfall:
@@ -285,8 +416,59 @@ def _succeed(conn: db.Connection, order: orders.Order, refund: Refund) -> None:
                 shortfall,
                 order.currency,
             )
-    conn.execute(QUERIES["reverse_transfers"], params)
-    log.info("refund %s succeeded: order %s refunded", refund.hyperswitch_refund_id, order.id)
+    _reverse_transfers(conn, order, refund)
+    row = conn.execute(
+        QUERIES["raise_refunded_amount"], {"order_id": order.id, "amount": refund.amount}
+    ).fetchone()
+    assert row is not None
+    log.info(
+        "refund %s succeeded: order %s %s, %d of %d refunded",
+        refund.hyperswitch_refund_id,
+        order.id,
+        row[0],
+        row[1],
+        order.total_amount,
+    )
+    return "ok"
+
+
+def _has_items(conn: db.Connection, refund: Refund) -> bool:
+    row = conn.execute(QUERIES["refund_item_count"], {"refund_id": refund.id}).fetchone()
+    return bool(row and row[0])
+
+
+def _take_remaining_items(conn: db.Connection, order: orders.Order, refund: Refund) -> bool:
+    """A refund without items (made at the PSP, or from before refunds had items) refunds the
+    items left when it is for exactly their amount, on an order that is ours to move."""
+    left = [i for i in order_items(conn, order.id) if not i.refunded and not i.in_flight]
+    ours_to_move = order.status == ("refund_pending" if refund.requested_by else "completed")
+    if ours_to_move and left and sum(i.amount for i in left) == refund.amount:
+        _add_items(conn, refund.id, [i.id for i in left])
+        return True
+    log.error(
+        "refund %s of %d %s for order %s (status %s) matches no items left: recorded, no balance changed;"
+        " needs a human",
+        refund.hyperswitch_refund_id,
+        refund.amount,
+        refund.currency,
+        order.id,
+        order.status,
+    )
+    return False
+
+
+def _reverse_transfers(conn: db.Connection, order: orders.Order, refund: Refund) -> None:
+    """Per seller, the open transfer keeps the unrefunded items' amount, the reversed ones the rest."""
+    params = {"refund_id": refund.id, "order_id": order.id}
+    for _seller_id, owed, transfer_id, transfer_amount in conn.execute(
+        QUERIES["owed_by_seller"], params
+    ).fetchall():
+        if transfer_id is None:
+            continue
+        if owed >= transfer_amount:
+            conn.execute(QUERIES["reverse_transfer"], {"transfer_id": transfer_id})
+        else:
+            conn.execute(QUERIES["split_transfer"], {"transfer_id": transfer_id, "amount": owed})
 
 
 def _fail(conn: db.Connection, order: orders.Order, refund: Refund, message: str) -> None:
