@@ -398,7 +398,8 @@ def refund_from_dashboard(
     fake.refunds[refund_id] = new_refund(
         fake.payments[payment_id], refund_id, amount, "requested_by_customer"
     )
-    return settle_refund(fake, refund_id, outcome, None if outcome == "succeeded" else "card expired")
+    settle_refund(fake, refund_id, outcome, None if outcome == "succeeded" else "card expired")
+    return fake.refunds[refund_id]
 
 
 async def dashboard_refund(request: Request) -> Response:
