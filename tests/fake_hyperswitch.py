@@ -64,6 +64,8 @@ class FakeHyperswitch:
     webhook_secret: str | None = None
     payments: dict[str, dict[str, Any]] = field(default_factory=dict)
     refunds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    disputes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unlisted: set[str] = field(default_factory=set)  # disputes GET /disputes/list leaves out (paged out)
     # Saved payment methods (pm_...) → the customer they belong to.
     payment_methods: dict[str, str] = field(default_factory=dict)
     # What the next off-session charges come back as (then "succeeded"): succeeded, failed,
@@ -416,6 +418,92 @@ async def dashboard_refund(request: Request) -> Response:
     return JSONResponse({"object": refund, "event_type": f"refund_{outcome}", "webhook_status": delivered})
 
 
+def dispute(
+    fake: FakeHyperswitch,
+    payment_id: str,
+    status: str,
+    *,
+    dispute_id: str | None = None,
+    amount: str | None = None,
+) -> dict[str, Any]:
+    """Open a dispute on a payment, or move one (DisputeResponse; its amount is a string)."""
+    dispute_id = dispute_id or f"dp_{secrets.token_hex(10)}"
+    payment = fake.payments[payment_id]
+    current = fake.disputes.setdefault(
+        dispute_id,
+        {
+            "dispute_id": dispute_id,
+            "payment_id": payment_id,
+            "attempt_id": f"{payment_id}_1",
+            "amount": amount or str(payment["amount"]),
+            "currency": payment["currency"],
+            "dispute_stage": "dispute",
+            "dispute_status": status,
+            "connector": "fauxpay",
+            "connector_status": status.removeprefix("dispute_"),
+            "connector_dispute_id": f"du_{secrets.token_hex(8)}",
+            "connector_reason": "product_not_received",
+            "connector_reason_code": None,
+            "challenge_required_by": "2026-12-20T23:59:59.000Z",
+            "connector_created_at": _now(),
+            "connector_updated_at": _now(),
+            "created_at": _now(),
+            "profile_id": "pro_fake",
+            "merchant_connector_id": "mca_fake",
+            "is_already_refunded": False,
+        },
+    )
+    current.update(
+        dispute_status=status, connector_status=status.removeprefix("dispute_"), connector_updated_at=_now()
+    )
+    return current
+
+
+async def get_dispute(request: Request) -> Response:
+    fake: FakeHyperswitch = request.app.state.fake
+    _, refused = await _guard(request, fake, "GET /disputes")
+    if refused is not None:
+        return refused
+    found = fake.disputes.get(request.path_params["dispute_id"])
+    if found is None:
+        return _error(404, "HE_02", "Dispute does not exist in our records")
+    return JSONResponse(found)
+
+
+async def list_disputes(request: Request) -> Response:
+    """A bare array; like the server's DisputeListGetConstraints, unknown query fields are refused."""
+    fake: FakeHyperswitch = request.app.state.fake
+    _, refused = await _guard(request, fake, "GET /disputes/list")
+    if refused is not None:
+        return refused
+    unknown = set(request.query_params) - {
+        "limit",
+        "offset",
+        "dispute_status",
+        "dispute_stage",
+        "reason",
+        "connector",
+    }
+    if unknown:
+        return _error(400, "IR_06", f"Json deserialize error: unknown field `{sorted(unknown)[0]}`")
+    limit = int(request.query_params.get("limit", "100"))
+    listed = [d for d in fake.disputes.values() if d["dispute_id"] not in fake.unlisted]
+    return JSONResponse(listed[:limit])
+
+
+async def dispute_control(request: Request) -> Response:
+    """POST /_fake/payments/{id}/dispute?status=dispute_opened[&dispute_id=..][&webhook=false]"""
+    fake: FakeHyperswitch = request.app.state.fake
+    status = request.query_params.get("status", "dispute_opened")
+    obj = dispute(
+        fake, request.path_params["payment_id"], status, dispute_id=request.query_params.get("dispute_id")
+    )
+    delivered = None
+    if request.query_params.get("webhook", "true") != "false":
+        delivered = await _send_webhook(fake, status, dict(obj))
+    return JSONResponse({"object": obj, "event_type": status, "webhook_status": delivered})
+
+
 async def add_payment_methods(request: Request) -> Response:
     """POST /_fake/payment_methods [[pm_id, customer_id], ...]: methods saved earlier (benchmarks)."""
     fake: FakeHyperswitch = request.app.state.fake
@@ -462,11 +550,14 @@ def create_fake(api_key: str, webhook_url: str | None = None, webhook_secret: st
             Route("/payments", create_payment, methods=["POST"]),
             Route("/payments/{payment_id}", get_payment, methods=["GET"]),
             Route("/payments/{payment_id}/cancel", cancel_payment, methods=["POST"]),
+            Route("/disputes/list", list_disputes, methods=["GET"]),
+            Route("/disputes/{dispute_id}", get_dispute, methods=["GET"]),
             Route("/refunds", create_refund, methods=["POST"]),
             Route("/refunds/{refund_id}", get_refund, methods=["GET"]),
             Route("/_fake/mandates/{payment_method_id:str}/revoke", revoke, methods=["POST"]),
             Route("/_fake/payment_methods", add_payment_methods, methods=["POST"]),
             Route("/_fake/payments/{payment_id:str}/dashboard_refund", dashboard_refund, methods=["POST"]),
+            Route("/_fake/payments/{payment_id:str}/dispute", dispute_control, methods=["POST"]),
             Route("/_fake/calls", call_counts, methods=["GET"]),
             Route("/_fake/{kind:str}/{object_id:str}/{outcome:str}", control, methods=["POST"]),
         ]

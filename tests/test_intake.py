@@ -21,7 +21,7 @@ from veza_worker.settings import Settings
         (b"{not json", "error: invalid json"),
         (b'["a", "list"]', "error: invalid envelope: not a JSON object"),
         (b'{"content": {}}', "error: missing event_type"),
-        (envelope("dispute_opened"), "skipped: unhandled dispute_opened"),
+        (envelope("dispute_opened"), "error: missing dispute_id or payment_id"),
         (envelope("mandate_active"), "skipped: unhandled mandate_active"),
         (b'{"event_type": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "error: invalid json"),
         (

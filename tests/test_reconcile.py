@@ -72,7 +72,8 @@ def order_status(conn: psycopg.Connection[Any], order_id: uuid.UUID) -> str:
 
 
 def gets(fake: FakeHyperswitch) -> list[str]:
-    return [c.path for c in fake.calls if c.method == "GET"]
+    """The rows the reconciler asked about (its dispute list call aside)."""
+    return [c.path for c in fake.calls if c.method == "GET" and not c.path.startswith("/disputes")]
 
 
 # -- orders -----------------------------------------------------------------------------------------
@@ -330,6 +331,7 @@ def test_an_orphan_refund_the_psp_holds_as_pending_becomes_an_ordinary_submitted
         "refunds": {"checked": 0},
         "orphan_refunds": {"checked": 0},
         "subscriptions": {"checked": 0},
+        "disputes": {"checked": 0},
     }
 
 
@@ -420,6 +422,7 @@ def test_every_terminal_state_is_a_no_op(
             "refunds": {"checked": 0},
             "orphan_refunds": {"checked": 0},
             "subscriptions": {"checked": 0},
+            "disputes": {"checked": 0},
         }
         assert gets(fake) == []
 
@@ -437,6 +440,7 @@ def test_the_reconcile_command_prints_per_phase_counts(
         "refunds": {"checked": 0},
         "orphan_refunds": {"checked": 0},
         "subscriptions": {"checked": 0},
+        "disputes": {"checked": 0},
     }
     without = run_cli("reconcile", settings=psp_settings, HYPERSWITCH_ENABLED="false")
     assert without.returncode == 1 and "payment provider not configured" in without.stderr

@@ -16,6 +16,7 @@ import psycopg
 from veza_worker import (
     billing,
     db,
+    disputes,
     errors,
     hyperswitch,
     orders,
@@ -107,6 +108,11 @@ def cmd_trial_end(args: argparse.Namespace, settings: Settings) -> Any:
         return billing.end_trials(conn, hyperswitch.from_settings(settings))
 
 
+def cmd_disputes(args: argparse.Namespace, settings: Settings) -> Any:
+    with db.connect(settings.database_url) as conn:
+        return disputes.listing(conn, open_only=args.open)
+
+
 def cmd_renew(args: argparse.Namespace, settings: Settings) -> Any:
     with db.connect(settings.database_url) as conn:
         return billing.renew(conn, hyperswitch.from_settings(settings), settings)
@@ -186,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     gate = add("subscription-status", cmd_subscription_status, "the feature-gate view of a user")
     gate.add_argument("user_id", metavar="USER_ID", type=_uuid)
     add("trial-end", cmd_trial_end, "one trial-end sweep now")
+    listed = add("disputes", cmd_disputes, "the disputes, nearest challenge deadline first (JSON array)")
+    listed.add_argument("--open", action="store_true", help="only disputes not closed yet")
     add("renew", cmd_renew, "one renew sweep now: period-end cancels, renewals, dunning; prints counts")
     cancel = add("cancel-subscription", cmd_cancel_subscription, "cancel at period end (or --now)")
     cancel.add_argument("subscription_id", metavar="SUBSCRIPTION_ID", type=_uuid)

@@ -129,6 +129,23 @@ class Client:
         # The spec lists no force_sync for this GET; the server accepts it and syncs with the connector.
         return self._json("GET", f"/refunds/{refund_id}", params={"force_sync": _flag(force_sync)})
 
+    def get_dispute(self, dispute_id: str) -> JSON:
+        return self._json("GET", f"/disputes/{dispute_id}")
+
+    def list_disputes(self, *, limit: int = 100) -> list[JSON]:
+        """The merchant's disputes, a bare JSON array. `limit` only: the server's
+        DisputeListGetConstraints denies unknown fields, whatever the spec lists."""
+        response = self._request("GET", "/disputes/list", params={"limit": limit})
+        try:
+            document = response.json()
+        except ValueError as exc:
+            raise errors.HyperswitchUnavailable(
+                f"GET /disputes/list: {response.status_code} with a non-JSON body"
+            ) from exc
+        if not isinstance(document, list) or not all(isinstance(d, dict) for d in document):
+            raise errors.HyperswitchUnavailable("GET /disputes/list: not an array of disputes")
+        return document
+
     def _create(self, path: str, body: JSON, idempotency_key: str, fetch: Callable[[], JSON]) -> JSON:
         if not idempotency_key or not idempotency_key.strip():
             raise ValueError(f"POST {path}: an empty Idempotency-Key is a programming error")

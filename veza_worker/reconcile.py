@@ -19,7 +19,7 @@ from typing import Any
 
 from psycopg.rows import class_row
 
-from veza_worker import db, errors, hyperswitch, refunds, subscriptions, webhooks
+from veza_worker import db, disputes, errors, hyperswitch, refunds, subscriptions, webhooks
 from veza_worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,7 @@ def tick(conn: db.Connection, client: hyperswitch.Client, settings: Settings) ->
         ),
     ]
     counts = {phase.name: _phase(context, phase, due_before) for phase in phases}
+    counts["disputes"] = _disputes(context)
     log.info("reconcile tick %s", " ".join(f"{name}={dict(phase)}" for name, phase in counts.items()))
     return counts
 
@@ -419,3 +420,77 @@ def _abandon_reason(
     if age >= settings.subscription_payment_expires_after:
         return "payment not completed in time"
     return None
+
+
+# -- disputes ---------------------------------------------------------------------------------------
+
+
+def _disputes(context: Context) -> dict[str, Any]:
+    """Lost dispute webhooks: the PSP's dispute list, then a GET for each open dispute of ours the
+    list did not show (oldest first). A dispute unknown to us, or the PSP's at a higher rank than
+    ours, is applied as a synthetic delivery, like every other phase."""
+    counts: Counter[str] = Counter()
+    try:
+        listed = context.client.list_disputes(limit=100)
+    except errors.HyperswitchError as exc:
+        log.warning("reconcile phase=disputes: listing failed: %s", exc)
+        return {"checked": 0, "psp_error": 1, "stopped_early": True}
+    seen = {str(d.get("dispute_id")): d for d in listed}
+    with context.conn.transaction():
+        ours = dict(context.conn.execute(disputes.QUERIES["known_ranks"], {"ids": list(seen)}).fetchall())
+        still_open = [
+            r[0]
+            for r in context.conn.execute(
+                disputes.QUERIES["open_disputes"], {"limit": context.settings.reconcile_batch_size}
+            )
+        ]
+    candidates = [(d, ours.get(dispute_id)) for dispute_id, d in seen.items()]
+    read_errors = 0
+    for dispute_id in still_open:
+        if dispute_id in seen:
+            continue
+        try:
+            candidates.append(
+                (context.client.get_dispute(dispute_id), ours.get(dispute_id, "dispute_opened"))
+            )
+            read_errors = 0
+        except errors.HyperswitchError as exc:
+            log.warning("reconcile phase=disputes: reading %s failed: %s", dispute_id, exc)
+            counts["psp_error"] += 1
+            read_errors += 1
+            if read_errors >= STOP_AFTER_READ_ERRORS:
+                counts["stopped_early"] = True
+                break
+    for psp, our_status in candidates:
+        counts[_dispute(context, psp, our_status)] += 1
+    disputes.warn_deadlines(context.conn)
+    stopped = counts.pop("stopped_early", 0)
+    out: dict[str, Any] = {"checked": sum(counts.values()), **counts}
+    return {**out, "stopped_early": True} if stopped else out
+
+
+def _dispute(context: Context, psp: dict[str, Any], our_status: str | None) -> str:
+    status = str(psp.get("dispute_status"))
+    if status not in disputes.RANK:
+        return "unchanged"
+    if our_status is not None and disputes.RANK[status] <= disputes.RANK.get(our_status, 0):
+        return "unchanged"
+    try:
+        with context.conn.transaction():
+            log_id, result = webhooks.apply_synthetic(
+                context.conn, context.settings, status, "dispute_details", psp
+            )
+    except Exception:
+        log.exception(
+            "reconcile phase=disputes: dispute %s failed and was rolled back", psp.get("dispute_id")
+        )
+        return "errors"
+    log.info(
+        "reconcile phase=disputes id=%s action=%s psp_status=%s result=%r log_id=%s",
+        psp.get("dispute_id"),
+        "settled" if result == "ok" else "unchanged",
+        status,
+        result,
+        log_id,
+    )
+    return "settled" if result == "ok" else "unchanged"

@@ -202,7 +202,7 @@ def _refundable(order: orders.Order, refund_window: timedelta) -> str:
     if order.status == "refund_pending":
         raise errors.DomainError("refund already in progress")
     if order.status in ("disputed", "charged_back"):
-        raise errors.DomainError(f"order {order.id} has a dispute")
+        raise errors.DomainError(f"order has a dispute: order {order.id} is {order.status}")
     if order.status != "completed":
         raise errors.DomainError(f"order {order.id} is {order.status}: only completed orders can be refunded")
     if order.payment_id is None or order.total_amount == 0:

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row
 
-from veza_worker import db, errors, events, orders, refunds, subscriptions
+from veza_worker import db, disputes, errors, events, orders, refunds, subscriptions
 from veza_worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,18 @@ HANDLERS: dict[str, Handler] = {
     "refund_succeeded": refunds.handle_refund,
     "refund_failed": refunds.handle_refund,
     "mandate_revoked": subscriptions.forget_payment_method,
+    **dict.fromkeys(
+        [
+            "dispute_opened",
+            "dispute_challenged",
+            "dispute_won",
+            "dispute_cancelled",
+            "dispute_lost",
+            "dispute_accepted",
+            "dispute_expired",
+        ],
+        disputes.handle_dispute,
+    ),
 }
 
 
@@ -176,7 +188,8 @@ def apply_synthetic(
         event_id=None,
     )
     log_id = insert_log_sync(conn, record)
-    return log_id, apply(conn, log_id, settings)
+    # The PSP's own answer cannot beat a commit of ours: an unknown object is final at once.
+    return log_id, apply(conn, log_id, settings, patient=False)
 
 
 # -- applying a delivery --------------------------------------------------------------------------
@@ -217,32 +230,38 @@ def transient(exc: BaseException) -> bool:
     return db.is_transient(exc)
 
 
-def apply(conn: db.Connection, log_id: int, settings: Settings) -> str | None:
-    """Apply a stored delivery inside the caller's transaction; a final row is left as it is."""
+def apply(conn: db.Connection, log_id: int, settings: Settings, *, patient: bool = True) -> str | None:
+    """Apply a stored delivery inside the caller's transaction; a final row is left as it is.
+
+    `patient`: an object we do not know yet is retried (UnknownObject raised) until the delivery is
+    UNKNOWN_OBJECT_PATIENCE old; a synthetic delivery is not patient.
+    """
     row = lock_log(conn, log_id)
     if row is None:
         log.warning("webhook log_id=%s not found (deleted?)", log_id)
         return None
     if not row.signature_valid or row.processing_result != "queued":
         return row.processing_result  # already final: a replayed message is a no-op
-    result = _clip(_outcome(conn, row, settings))
+    result = _clip(_outcome(conn, row, settings, patient))
     finish(conn, log_id, result)
     log.info("webhook log_id=%s result=%r", log_id, result)
     return result
 
 
-def _outcome(conn: db.Connection, row: LogRow, settings: Settings) -> str:
+def _outcome(conn: db.Connection, row: LogRow, settings: Settings, patient: bool) -> str:
     try:
         event = events.parse(row.body)
     except events.BadDelivery as exc:
         return f"error: {exc}"
     try:
-        return _dispatch(conn, row, event, settings)
+        return _dispatch(conn, row, event, settings, patient)
     except events.BadDelivery as exc:  # a value inside the object that can never be applied
         return f"error: {exc}"
 
 
-def _dispatch(conn: db.Connection, row: LogRow, event: events.Event, settings: Settings) -> str:
+def _dispatch(
+    conn: db.Connection, row: LogRow, event: events.Event, settings: Settings, patient: bool
+) -> str:
     if row.event_id is not None:
         conn.execute(QUERIES["lock_event"], {"event_id": row.event_id})
         if event_already_applied(conn, row.event_id, row.id):
@@ -253,7 +272,7 @@ def _dispatch(conn: db.Connection, row: LogRow, event: events.Event, settings: S
     try:
         return handler(conn, event, settings)
     except errors.UnknownObject as exc:
-        if row.age >= UNKNOWN_OBJECT_PATIENCE:
+        if row.age >= UNKNOWN_OBJECT_PATIENCE or not patient:
             return exc.result
         raise  # retried with backoff: our own row may not be committed yet
 
