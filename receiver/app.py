@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from veza_worker import actors, db, errors, webhooks
+from veza_worker import actors, db, errors, logs, metrics, ops, webhooks
 from veza_worker.broker import make_broker
 from veza_worker.settings import Settings
 
@@ -33,26 +35,109 @@ class State:
     settings: Settings
     pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]
     broker: RedisBroker
+    limiter: InvalidSignatureLimiter
+    gauges: GaugeCache
 
 
 async def hyperswitch_webhook(request: Request) -> Response:
+    started = time.perf_counter()
+    response, outcome = await _receive(request)
+    metrics.delivery(outcome, time.perf_counter() - started)
+    return response
+
+
+async def _receive(request: Request) -> tuple[Response, str]:
     state: State = request.app.state.receiver
     try:
         body = await read_capped(request, state.settings.max_webhook_payload_bytes)
     except PayloadTooLarge:
-        return PlainTextResponse("payload too large", status_code=413)
+        return PlainTextResponse("payload too large", status_code=413), "too_large"
     client = request.client.host if request.client else None
     record = webhooks.delivery(body, request.headers, client, state.settings.webhook_secrets)
     try:
+        if not record.signature_valid and await state.limiter.suppressed(state.pool, record.source_ip):
+            return PlainTextResponse("bad signature", status_code=401), "signature_invalid"
         log_id = await record_delivery(state, record)
     except psycopg.Error:  # PoolTimeout too: Hyperswitch retries a 503 for ~24 h
         log.exception("webhook not recorded, answering 503 (request_id=%s)", record.request_id)
-        return PlainTextResponse("database unavailable", status_code=503)
+        return PlainTextResponse("database unavailable", status_code=503), "db_unavailable"
     if not record.signature_valid:
+        state.limiter.stored(record.source_ip, log_id)
         log.warning("webhook log_id=%s has a bad or missing signature", log_id)
-        return PlainTextResponse("bad signature", status_code=401)
+        return PlainTextResponse("bad signature", status_code=401), "signature_invalid"
     await enqueue(state.broker, log_id)
-    return JSONResponse({"log_id": log_id})
+    return JSONResponse({"log_id": log_id}), "accepted"
+
+
+class InvalidSignatureLimiter:
+    """At most `per_minute` invalid-signature rows per source address per minute (per web
+    process); past it a forged delivery still gets 401, and is counted in the address's last
+    stored row of that minute (`suppressed_count`) instead of stored. Valid ones are never limited."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._minute = 0
+        self._rows: dict[str | None, tuple[int, int]] = {}  # address → (rows stored, last row's id)
+
+    def _roll(self) -> None:
+        minute = int(time.time() // 60)
+        if minute != self._minute:
+            self._minute, self._rows = minute, {}
+
+    def stored(self, address: str | None, log_id: int) -> None:
+        self._roll()
+        count, _ = self._rows.get(address, (0, 0))
+        self._rows[address] = (count + 1, log_id)
+
+    async def suppressed(
+        self, pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]], address: str | None
+    ) -> bool:
+        self._roll()
+        count, last_id = self._rows.get(address, (0, 0))
+        if count < self.per_minute:
+            return False
+        async with pool.connection() as conn:
+            await conn.execute(webhooks.QUERIES["count_suppressed"], {"log_id": last_id, "count": 1})
+        return True
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus text format. With METRICS_TOKEN set, only `Authorization: Bearer <token>`."""
+    state: State = request.app.state.receiver
+    token = state.settings.metrics_token
+    if token is not None:
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode("utf-8", "replace"), f"Bearer {token}".encode()):
+            return PlainTextResponse("unauthorized", status_code=401)
+    try:
+        gauges = await state.gauges.read(state.settings)
+    except psycopg.Error as exc:
+        log.warning("metrics: gauges unavailable: %s", type(exc).__name__)
+        return PlainTextResponse("database unavailable", status_code=503)
+    return Response(metrics.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+class GaugeCache:
+    """The Postgres-read gauges, read at most every few seconds per process."""
+
+    TTL_SECONDS = 5.0
+
+    def __init__(self) -> None:
+        self._values: dict[str, Any] | None = None
+        self._read_at = 0.0
+        self._lock = anyio.Lock()
+
+    async def read(self, settings: Settings) -> dict[str, Any]:
+        async with self._lock:
+            if self._values is None or time.monotonic() - self._read_at > self.TTL_SECONDS:
+                self._values = await anyio.to_thread.run_sync(_read_gauges, settings)
+                self._read_at = time.monotonic()
+            return self._values
+
+
+def _read_gauges(settings: Settings) -> dict[str, Any]:
+    with db.connect(settings.database_url) as conn:
+        return ops.gauges(conn, settings)
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
@@ -133,13 +218,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
         config = settings or Settings.from_env()
         if not config.webhook_secrets:
             raise errors.ConfigError("HYPERSWITCH_WEBHOOK_SECRET is required by the receiver")
+        logs.configure(config.log_format)
+        metrics.use_web_directory()
+        if config.metrics_token is None:
+            log.warning("METRICS_TOKEN is not set: /metrics answers anyone who reaches this process")
         # open(wait=False): the web dyno starts, and answers 503, while Postgres is down.
         pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
             config.database_url, min_size=2, max_size=10, timeout=5, kwargs={"connect_timeout": 5}, open=False
         )
         await pool.open(wait=False)
         broker = make_broker(config.redis_url, middleware=[])
-        app.state.receiver = State(config, pool, broker)
+        limiter = InvalidSignatureLimiter(config.invalid_signature_rows_per_minute)
+        app.state.receiver = State(config, pool, broker, limiter, GaugeCache())
         log.info("receiver ready: %d webhook secret(s)", len(config.webhook_secrets))
         try:
             yield
@@ -151,6 +241,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/webhooks/hyperswitch", hyperswitch_webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 

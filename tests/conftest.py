@@ -96,6 +96,7 @@ def worker(
     """A real Dramatiq worker on the Redis broker, in this process, against this test's database."""
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("REDIS_URL", TEST_REDIS_URL)
+    broker.emit_after("process_boot")  # what the dramatiq CLI does in each worker process
     started = dramatiq.Worker(broker, worker_threads=4, worker_timeout=50)
     started.start()
     yield started

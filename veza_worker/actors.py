@@ -8,7 +8,7 @@ from datetime import timedelta
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from veza_worker import billing, refunds, retention, webhooks
+from veza_worker import billing, metrics, ops, refunds, retention, webhooks
 from veza_worker import reconcile as reconciler
 from veza_worker.broker import resources
 
@@ -27,16 +27,17 @@ RETRY_WITHIN = timedelta(milliseconds=MAX_BACKOFF_MS) + timedelta(minutes=1)
 def process_webhook(log_id: int) -> None:
     """Apply one stored delivery; running it twice changes nothing."""
     with resources.pool.connection() as conn:
-        webhooks.process(
+        result = webhooks.process(
             conn, log_id, resources.settings, final_attempt=_final_attempt(), retry_within=RETRY_WITHIN
         )
+    metrics.webhook_result(result)
 
 
 @dramatiq.actor(queue_name="sweeps", max_retries=0)
 def redrive_webhooks() -> None:
     """Enqueue again the outbox rows no worker finished."""
     with resources.pool.connection() as conn:
-        webhooks.redrive(conn, process_webhook.send)
+        ops.run_sweep(conn, "redrive", lambda: webhooks.redrive(conn, process_webhook.send))
 
 
 @dramatiq.actor(queue_name="sweeps", max_retries=0, time_limit=3_600_000)
@@ -44,21 +45,21 @@ def cleanup_webhook_log() -> None:
     """Daily retention of the audit log."""
     days = resources.settings.webhook_log_retention_days
     with resources.pool.connection() as conn:
-        retention.cleanup(conn, timedelta(days=days))
+        ops.run_sweep(conn, "retention", lambda: retention.cleanup(conn, timedelta(days=days)))
 
 
 @dramatiq.actor(queue_name="sweeps", max_retries=0, time_limit=3_600_000)
 def end_trials() -> None:
     """Trials past their end → pending_payment, invoice, PSP payment."""
     with resources.pool.connection() as conn:
-        billing.end_trials(conn, resources.client)
+        ops.run_sweep(conn, "trial_end", lambda: billing.end_trials(conn, resources.client))
 
 
 @dramatiq.actor(queue_name="sweeps", max_retries=0, time_limit=3_600_000)
 def renew_subscriptions() -> None:
     """Period-end cancels, renewals, dunning steps."""
     with resources.pool.connection() as conn:
-        billing.renew(conn, resources.client, resources.settings)
+        ops.run_sweep(conn, "renew", lambda: billing.renew(conn, resources.client, resources.settings))
 
 
 @dramatiq.actor(queue_name="sweeps", max_retries=0)
@@ -76,8 +77,9 @@ def reconcile() -> None:
     if resources.client is None:
         log.warning("reconcile skipped: payment provider not configured")
         return
+    client = resources.client
     with resources.pool.connection() as conn:
-        reconciler.tick(conn, resources.client, resources.settings)
+        ops.run_sweep(conn, "reconcile", lambda: reconciler.tick(conn, client, resources.settings))
 
 
 def _final_attempt() -> bool:

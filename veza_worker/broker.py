@@ -13,9 +13,10 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Middleware
+from dramatiq.middleware.prometheus import Prometheus
 from psycopg_pool import ConnectionPool
 
-from veza_worker import db, hyperswitch
+from veza_worker import db, hyperswitch, logs
 from veza_worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,12 @@ class Resources(Middleware):
 resources = Resources()
 # Fail fast: a bad variable stops every process that imports the actors (worker, web, clock) at
 # start-up, with the variable named, instead of failing on the first message.
-broker = make_broker(Settings.from_env().redis_url)
+_settings = Settings.from_env()
+logs.configure(_settings.log_format)  # every process that imports the actors: worker and clock
+broker = make_broker(_settings.redis_url)
 broker.add_middleware(CurrentMessage())
+# Dramatiq's own metrics (messages, errors, durations) on dramatiq_prom_port (9191), served by a
+# fork of the main process from the processes' shared directory; ours land in the same one.
+broker.add_middleware(Prometheus())
 broker.add_middleware(resources)
 dramatiq.set_broker(broker)

@@ -19,6 +19,8 @@ from veza_worker import (
     disputes,
     errors,
     hyperswitch,
+    logs,
+    ops,
     orders,
     reconcile,
     refunds,
@@ -46,7 +48,7 @@ def cmd_redrive(args: argparse.Namespace, settings: Settings) -> Any:
     from veza_worker import actors
 
     with db.connect(settings.database_url) as conn:
-        return webhooks.redrive(conn, actors.process_webhook.send)
+        return ops.run_sweep(conn, "redrive", lambda: webhooks.redrive(conn, actors.process_webhook.send))
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> Any:
@@ -57,8 +59,9 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> Any:
 
 
 def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> Any:
+    retention_days = timedelta(days=settings.webhook_log_retention_days)
     with db.connect(settings.database_url) as conn:
-        return retention.cleanup(conn, timedelta(days=settings.webhook_log_retention_days))
+        return ops.run_sweep(conn, "retention", lambda: retention.cleanup(conn, retention_days))
 
 
 def cmd_confirm_order(args: argparse.Namespace, settings: Settings) -> Any:
@@ -85,7 +88,7 @@ def cmd_refund(args: argparse.Namespace, settings: Settings) -> Any:
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> Any:
     client = hyperswitch.require(settings)
     with db.connect(settings.database_url) as conn:
-        return reconcile.tick(conn, client, settings)
+        return ops.run_sweep(conn, "reconcile", lambda: reconcile.tick(conn, client, settings))
 
 
 def cmd_subscribe(args: argparse.Namespace, settings: Settings) -> Any:
@@ -104,8 +107,17 @@ def cmd_subscription_status(args: argparse.Namespace, settings: Settings) -> Any
 
 
 def cmd_trial_end(args: argparse.Namespace, settings: Settings) -> Any:
+    client = hyperswitch.from_settings(settings)
     with db.connect(settings.database_url) as conn:
-        return billing.end_trials(conn, hyperswitch.from_settings(settings))
+        return ops.run_sweep(conn, "trial_end", lambda: billing.end_trials(conn, client))
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> Any:
+    with db.connect(settings.database_url) as conn:
+        document, healthy = ops.status(conn, settings)
+    if not healthy:
+        raise errors.DomainError("a sweep is overdue or rows need a human", document)
+    return document
 
 
 def cmd_disputes(args: argparse.Namespace, settings: Settings) -> Any:
@@ -114,8 +126,9 @@ def cmd_disputes(args: argparse.Namespace, settings: Settings) -> Any:
 
 
 def cmd_renew(args: argparse.Namespace, settings: Settings) -> Any:
+    client = hyperswitch.from_settings(settings)
     with db.connect(settings.database_url) as conn:
-        return billing.renew(conn, hyperswitch.from_settings(settings), settings)
+        return ops.run_sweep(conn, "renew", lambda: billing.renew(conn, client, settings))
 
 
 def cmd_cancel_subscription(args: argparse.Namespace, settings: Settings) -> Any:
@@ -192,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     gate = add("subscription-status", cmd_subscription_status, "the feature-gate view of a user")
     gate.add_argument("user_id", metavar="USER_ID", type=_uuid)
     add("trial-end", cmd_trial_end, "one trial-end sweep now")
+    add("status", cmd_status, "what on-call reads first; exit 1 when a sweep is overdue or rows need a human")
     listed = add("disputes", cmd_disputes, "the disputes, nearest challenge deadline first (JSON array)")
     listed.add_argument("--open", action="store_true", help="only disputes not closed yet")
     add("renew", cmd_renew, "one renew sweep now: period-end cancels, renewals, dunning; prints counts")
@@ -215,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
     try:
         settings = Settings.from_env()
+        logs.configure(settings.log_format)
         result = args.func(args, settings)
     except errors.DomainError as exc:
         if exc.output is not None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 
-from veza_worker import errors
+from veza_worker import errors, metrics
 from veza_worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,22 @@ class Client:
         return document
 
     def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        started = time.perf_counter()
+        outcome = "unavailable"
+        try:
+            response = self._checked(method, url, **kwargs)
+            outcome = "ok"
+            return response
+        except errors.HyperswitchNotFound:
+            outcome = "not_found"
+            raise
+        except errors.HyperswitchRejected:
+            outcome = "rejected"
+            raise
+        finally:
+            metrics.psp_request(endpoint(method, url), outcome, time.perf_counter() - started)
+
+    def _checked(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, url, **kwargs)
         except httpx.TransportError as exc:  # timeouts, refused or dropped connections
@@ -191,6 +208,15 @@ class Client:
         if response.is_error:
             raise rejection(response)
         return response
+
+
+_VERBS = {"list", "cancel"}
+
+
+def endpoint(method: str, url: str) -> str:
+    """`GET /payments/{id}`: the route, never the id (a metric label per id would be unbounded)."""
+    parts = url.split("?")[0].strip("/").split("/")
+    return f"{method} /" + "/".join([parts[0], *("{id}" if p not in _VERBS else p for p in parts[1:])])
 
 
 def rejection(response: httpx.Response) -> errors.HyperswitchRejected:

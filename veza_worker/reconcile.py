@@ -19,7 +19,7 @@ from typing import Any
 
 from psycopg.rows import class_row
 
-from veza_worker import db, disputes, errors, hyperswitch, refunds, subscriptions, webhooks
+from veza_worker import db, disputes, errors, hyperswitch, metrics, refunds, subscriptions, webhooks
 from veza_worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,7 @@ def _phase(context: Context, phase: Phase, due_before: datetime) -> dict[str, An
                 checks = _record_answer(conn, phase.kind, stuck, outcome)
         except _ReadError:
             counts["psp_error"] += 1
+            metrics.reconcile_action(phase.name, "psp_error")
             read_errors += 1
             if read_errors >= STOP_AFTER_READ_ERRORS:
                 log.warning(
@@ -186,6 +187,7 @@ def _phase(context: Context, phase: Phase, due_before: datetime) -> dict[str, An
             continue
         except PspMisconfigured:
             counts["psp_misconfigured"] += 1
+            metrics.reconcile_action(phase.name, "psp_misconfigured")
             if not misconfigured_logged:
                 misconfigured_logged = True
                 log.error(
@@ -202,6 +204,7 @@ def _phase(context: Context, phase: Phase, due_before: datetime) -> dict[str, An
             continue
         read_errors = 0
         counts[outcome.action] += 1
+        metrics.reconcile_action(phase.name, outcome.action)
         _log(phase.name, stuck, outcome, checks)
     return {"checked": sum(counts.values()), **counts}
 
@@ -462,7 +465,9 @@ def _disputes(context: Context) -> dict[str, Any]:
                 counts["stopped_early"] = True
                 break
     for psp, our_status in candidates:
-        counts[_dispute(context, psp, our_status)] += 1
+        action = _dispute(context, psp, our_status)
+        counts[action] += 1
+        metrics.reconcile_action("disputes", action)
     disputes.warn_deadlines(context.conn)
     stopped = counts.pop("stopped_early", 0)
     out: dict[str, Any] = {"checked": sum(counts.values()), **counts}

@@ -43,6 +43,9 @@ class Settings:
     subscription_grace: timedelta = timedelta(days=3)
     subscription_payment_expires_after: timedelta = timedelta(days=1)
     reconcile_payment_expires_after: timedelta = timedelta(days=2)
+    invalid_signature_rows_per_minute: int = 600
+    log_format: str = "text"
+    metrics_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -70,6 +73,9 @@ class Settings:
             subscription_grace=reader.duration("SUBSCRIPTION_GRACE", "3d"),
             subscription_payment_expires_after=reader.duration("SUBSCRIPTION_PAYMENT_EXPIRES_AFTER", "1d"),
             reconcile_payment_expires_after=reader.duration("RECONCILE_PAYMENT_EXPIRES_AFTER", "2d"),
+            invalid_signature_rows_per_minute=reader.positive_int("INVALID_SIGNATURE_ROWS_PER_MINUTE", 600),
+            log_format=reader.choice("LOG_FORMAT", ("text", "json"), "text"),
+            metrics_token=reader.optional("METRICS_TOKEN"),
         )
         settings.check_hyperswitch()
         return settings
@@ -116,6 +122,12 @@ class _Reader:
         if value.lower() in _TRUE | _FALSE:
             return value.lower() in _TRUE
         raise errors.ConfigError(f"{name} must be true or false, got {value!r}")
+
+    def choice(self, name: str, allowed: tuple[str, ...], default: str) -> str:
+        value = (self.optional(name) or default).lower()
+        if value not in allowed:
+            raise errors.ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        return value
 
     def positive_int(self, name: str, default: int) -> int:
         value = self.optional(name)

@@ -77,3 +77,10 @@ UPDATE hyperswitch_webhook_log
        processed_at = NULL,
        redrive_after = NULL
  WHERE id = %(log_id)s;
+
+-- count_suppressed --
+-- An invalid-signature delivery past the per-address limit: counted on that address's last
+-- stored row of the minute instead of stored itself.
+UPDATE hyperswitch_webhook_log
+   SET suppressed_count = suppressed_count + %(count)s
+ WHERE id = %(log_id)s;

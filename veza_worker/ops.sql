@@ -1,0 +1,73 @@
+-- start_run --
+INSERT INTO sweep_runs (name) VALUES (%(name)s) RETURNING id;
+
+-- finish_run --
+UPDATE sweep_runs
+   SET finished_at = now(), counts = %(counts)s, error = %(error)s
+ WHERE id = %(id)s;
+
+-- prune_runs --
+DELETE FROM sweep_runs WHERE started_at < now() - interval '30 days';
+
+-- last_successes --
+-- Each sweep's last successful run (sweep_runs_success_idx: one index probe per sweep).
+SELECT n.name, (SELECT max(finished_at) FROM sweep_runs r
+                 WHERE r.name = n.name AND r.error IS NULL AND r.finished_at IS NOT NULL) AS last_success
+  FROM unnest(%(names)s::text[]) AS n(name);
+
+-- outbox --
+-- webhook_log_queued_idx: the cost is the queued rows'.
+SELECT count(*), coalesce(extract(epoch FROM now() - min(received_at)), 0)::float8
+  FROM hyperswitch_webhook_log
+ WHERE processing_result = 'queued';
+
+-- results_last_hour --
+SELECT count(*) FILTER (WHERE processing_result = 'ok'),
+       count(*) FILTER (WHERE processing_result LIKE 'skipped%%'),
+       count(*) FILTER (WHERE processing_result LIKE 'error%%')
+  FROM hyperswitch_webhook_log
+ WHERE processed_at > now() - interval '1 hour';
+
+-- stuck --
+-- Rows each reconciler phase would take up now (its partial index), whatever the cool-down.
+SELECT 'orders', count(*) FROM orders
+ WHERE status = 'pending' AND payment_id IS NOT NULL
+   AND coalesce(payment_created_at, created_at) < now() - %(orders)s
+UNION ALL
+SELECT 'refunds', count(*) FROM refunds
+ WHERE status = 'pending' AND submitted_at IS NOT NULL AND submitted_at < now() - %(refunds)s
+UNION ALL
+SELECT 'orphan_refunds', count(*) FROM refunds
+ WHERE status = 'pending' AND submitted_at IS NULL AND NOT automatic AND created_at < now() - %(orphans)s
+UNION ALL
+SELECT 'subscriptions', count(*) FROM subscription_invoices
+ WHERE status = 'pending' AND created_at < now() - %(subscriptions)s;
+
+-- needs_a_human --
+-- The oldest rows automation left to a person, each with what to look at.
+(SELECT 'webhook_log' AS kind, id::text AS id, processing_result AS why, received_at AS since
+   FROM hyperswitch_webhook_log WHERE processing_result LIKE 'error%%'
+  ORDER BY received_at LIMIT 20)
+UNION ALL
+(SELECT kind, row_id::text, CASE WHEN gave_up_at IS NOT NULL THEN 'reconciler gave up'
+                                 ELSE 'still ' || coalesce(last_psp_status, '?') || ' after ' || checks || ' checks' END,
+        first_checked_at
+   FROM reconcile_state WHERE gave_up_at IS NOT NULL OR checks >= 5
+  ORDER BY first_checked_at LIMIT 20)
+UNION ALL
+(SELECT 'refund', id::text, 'automatic refund failed: ' || coalesce(error_message, ''), failed_at
+   FROM refunds WHERE automatic AND status = 'failed'
+  ORDER BY failed_at LIMIT 20)
+ORDER BY since
+LIMIT 20;
+
+-- needs_a_human_count --
+SELECT (SELECT count(*) FROM hyperswitch_webhook_log WHERE processing_result LIKE 'error%%')
+     + (SELECT count(*) FROM reconcile_state WHERE gave_up_at IS NOT NULL OR checks >= 5)
+     + (SELECT count(*) FROM refunds WHERE automatic AND status = 'failed');
+
+-- subscriptions_by_status --
+SELECT status, count(*) FROM user_subscriptions GROUP BY status;
+
+-- disputes_open --
+SELECT count(*), min(challenge_required_by) FROM disputes WHERE closed_at IS NULL;
