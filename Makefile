@@ -27,6 +27,7 @@ test: install services
 	$(BIN)/pytest
 
 lint: install
+	command -v promtool >/dev/null && promtool check rules ops/alerts.yml || echo "promtool not installed (apt-get install prometheus): alert rules not checked"
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy

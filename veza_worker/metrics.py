@@ -135,6 +135,12 @@ class _Gauges:
             subscriptions.add_metric([status], count)
         yield subscriptions
         yield Gauge("veza_disputes_open", "Disputes not closed yet.", value=values["disputes_open"])
+        nearest = values["dispute_nearest_deadline"]
+        yield Gauge(
+            "veza_dispute_nearest_deadline_timestamp_seconds",
+            "The nearest challenge_required_by of an open dispute (0: none).",
+            value=nearest.timestamp() if nearest else 0,
+        )
         last = Gauge(
             "veza_sweep_last_success_timestamp_seconds",
             "When each sweep last finished without error (0: never).",

@@ -91,6 +91,7 @@ def gauges(conn: db.Connection, settings: Settings) -> dict[str, Any]:
             "needs_human": human[0],
             "subscriptions": subscriptions_by_status(conn),
             "disputes_open": disputes[0],
+            "dispute_nearest_deadline": disputes[1],
             "last_success": last_successes(conn, list(intervals(settings))),
         }
 
