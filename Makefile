@@ -27,7 +27,8 @@ test: install services
 	$(BIN)/pytest
 
 lint: install
-	command -v promtool >/dev/null && promtool check rules ops/alerts.yml || echo "promtool not installed (apt-get install prometheus): alert rules not checked"
+	if command -v promtool >/dev/null; then promtool check rules ops/alerts.yml; \
+	else echo "promtool not installed (apt-get install prometheus): ops/alerts.yml not checked"; fi
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
