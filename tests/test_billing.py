@@ -783,3 +783,26 @@ def test_a_trial_ended_with_no_provider_is_charged_by_the_reconciler_once_one_is
     [call] = charges(fake)
     assert call.headers["idempotency-key"] == str(subscription_id)  # a first payment keys on the subscription
     assert sub(conn, subscription_id)["status"] == "pending_payment"  # charged, not expired
+
+
+def test_an_automatic_invoice_refund_whose_webhook_was_lost_is_settled_by_the_reconciler(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+    psp_settings: Settings,
+) -> None:
+    out = subscriptions.subscribe(conn, client, uuid.uuid4(), make_plan(conn, 999))
+    subscriptions.cancel(conn, client, uuid.UUID(out["subscription_id"]), now=True)  # cancels the payment...
+    fake.payments[out["payment_id"]]["status"] = "requires_payment_method"
+    payment = settle_payment(fake, out["payment_id"], "succeeded")  # ...which the bank took anyway
+    assert process(settings, store_event(conn, "payment_succeeded", payment)) == "ok"
+    refunds.send_automatic(conn, client)
+    psp_id = row(conn, "SELECT hyperswitch_refund_id FROM refunds")["hyperswitch_refund_id"]
+    fake.refunds[psp_id]["status"] = "succeeded"  # its webhook never comes
+    conn.execute("UPDATE refunds SET submitted_at = now() - interval '1 hour'")
+
+    counts = reconcile.tick(conn, client, psp_settings)
+
+    assert counts["invoice_refunds"] == {"checked": 1, "settled": 1}
+    assert row(conn, "SELECT status FROM refunds")["status"] == "succeeded"

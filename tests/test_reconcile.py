@@ -330,6 +330,7 @@ def test_an_orphan_refund_the_psp_holds_as_pending_becomes_an_ordinary_submitted
         "orders": {"checked": 0},
         "refunds": {"checked": 0},
         "orphan_refunds": {"checked": 0},
+        "invoice_refunds": {"checked": 0},
         "subscriptions": {"checked": 0},
         "disputes": {"checked": 0},
     }
@@ -421,6 +422,7 @@ def test_every_terminal_state_is_a_no_op(
             "orders": {"checked": 0},
             "refunds": {"checked": 0},
             "orphan_refunds": {"checked": 0},
+            "invoice_refunds": {"checked": 0},
             "subscriptions": {"checked": 0},
             "disputes": {"checked": 0},
         }
@@ -439,6 +441,7 @@ def test_the_reconcile_command_prints_per_phase_counts(
         "orders": {"checked": 1, "settled": 1},
         "refunds": {"checked": 0},
         "orphan_refunds": {"checked": 0},
+        "invoice_refunds": {"checked": 0},
         "subscriptions": {"checked": 0},
         "disputes": {"checked": 0},
     }

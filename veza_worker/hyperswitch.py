@@ -136,13 +136,7 @@ class Client:
     def list_disputes(self, *, limit: int = 100) -> list[JSON]:
         """The merchant's disputes, a bare JSON array. `limit` only: the server's
         DisputeListGetConstraints denies unknown fields, whatever the spec lists."""
-        response = self._request("GET", "/disputes/list", params={"limit": limit})
-        try:
-            document = response.json()
-        except ValueError as exc:
-            raise errors.HyperswitchUnavailable(
-                f"GET /disputes/list: {response.status_code} with a non-JSON body"
-            ) from exc
+        document = self._document("GET", "/disputes/list", params={"limit": limit})
         if not isinstance(document, list) or not all(isinstance(d, dict) for d in document):
             raise errors.HyperswitchUnavailable("GET /disputes/list: not an array of disputes")
         return document
@@ -163,18 +157,20 @@ class Client:
             return fetch()
 
     def _json(self, method: str, url: str, **kwargs: Any) -> JSON:
+        document = self._document(method, url, **kwargs)
+        if not isinstance(document, dict):
+            raise errors.HyperswitchUnavailable(f"{method} {url}: a non-object body")
+        return document
+
+    def _document(self, method: str, url: str, **kwargs: Any) -> Any:
+        """The answer's JSON; a body that is not JSON is an unavailable PSP, not an answer."""
         response = self._request(method, url, **kwargs)
         try:
-            document = response.json()
+            return response.json()
         except ValueError as exc:
             raise errors.HyperswitchUnavailable(
                 f"{method} {url}: {response.status_code} with a non-JSON body"
             ) from exc
-        if not isinstance(document, dict):
-            raise errors.HyperswitchUnavailable(
-                f"{method} {url}: {response.status_code} with a non-object body"
-            )
-        return document
 
     def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         started = time.perf_counter()

@@ -35,10 +35,15 @@ SELECT 'orders', count(*) FROM orders
    AND coalesce(payment_created_at, created_at) < now() - %(orders)s
 UNION ALL
 SELECT 'refunds', count(*) FROM refunds
- WHERE status = 'pending' AND submitted_at IS NOT NULL AND submitted_at < now() - %(refunds)s
+ WHERE status = 'pending' AND submitted_at IS NOT NULL AND order_id IS NOT NULL
+   AND submitted_at < now() - %(refunds)s
 UNION ALL
 SELECT 'orphan_refunds', count(*) FROM refunds
  WHERE status = 'pending' AND submitted_at IS NULL AND NOT automatic AND created_at < now() - %(orphans)s
+UNION ALL
+SELECT 'invoice_refunds', count(*) FROM refunds
+ WHERE status = 'pending' AND submitted_at IS NOT NULL AND invoice_id IS NOT NULL
+   AND submitted_at < now() - %(refunds)s
 UNION ALL
 SELECT 'subscriptions', count(*) FROM subscription_invoices
  WHERE status = 'pending' AND created_at < now() - %(subscriptions)s;

@@ -139,6 +139,13 @@ def tick(conn: db.Connection, client: hyperswitch.Client, settings: Settings) ->
             "orphan_refunds", "refund", "claim_orphan_refund", settings.reconcile_refund_orphan_after, _orphan
         ),
         Phase(
+            "invoice_refunds",
+            "refund",
+            "claim_invoice_refund",
+            settings.reconcile_refund_stuck_after,
+            _refund,
+        ),
+        Phase(
             "subscriptions", "invoice", "claim_invoice", settings.reconcile_subscription_stuck_after, _invoice
         ),
     ]

@@ -40,6 +40,24 @@ SELECT r.id, r.hyperswitch_refund_id AS psp_id, now() - r.submitted_at AS stuck_
  LIMIT 1
    FOR UPDATE OF o SKIP LOCKED;
 
+-- claim_invoice_refund --
+-- One automatic refund of a subscription invoice, submitted, with no final answer after
+-- stuck_after. It has no order: the refund row is the one locked, as its other writers do.
+SELECT r.id, r.hyperswitch_refund_id AS psp_id, now() - r.submitted_at AS stuck_for,
+       coalesce(s.checks, 0) AS checks
+  FROM refunds r
+  LEFT JOIN reconcile_state s ON s.kind = 'refund' AND s.row_id = r.id
+ WHERE r.status = 'pending'
+   AND r.submitted_at IS NOT NULL
+   AND r.invoice_id IS NOT NULL
+   AND r.submitted_at < now() - %(stuck_after)s
+   AND (s.last_checked_at IS NULL OR s.last_checked_at < %(due_before)s)
+   AND s.gave_up_at IS NULL
+   AND r.id <> ALL(%(tried)s::uuid[])
+ ORDER BY s.last_checked_at NULLS FIRST, r.submitted_at
+ LIMIT 1
+   FOR UPDATE OF r SKIP LOCKED;
+
 -- claim_orphan_refund --
 -- One refund never submitted (phase 2 crashed or was ambiguous), older than orphan_after
 -- (refunds_orphan_idx). Its order is the row locked, as above.
