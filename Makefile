@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: install services run test lint check bench bench-renew
+.PHONY: install services run test lint check bench bench-renew bench-sweeps
 
 install: $(VENV)/.installed
 
@@ -41,3 +41,7 @@ bench: install services
 
 bench-renew: install services
 	$(BIN)/python bench/renew
+
+bench-sweeps: install services
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/sweeps

@@ -224,7 +224,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             log.warning("METRICS_TOKEN is not set: /metrics answers anyone who reaches this process")
         # open(wait=False): the web dyno starts, and answers 503, while Postgres is down.
         pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
-            config.database_url, min_size=2, max_size=10, timeout=5, kwargs={"connect_timeout": 5}, open=False
+            config.database_url,
+            min_size=2,
+            max_size=10,
+            timeout=5,
+            kwargs={"connect_timeout": 5, "prepare_threshold": db.PREPARE_THRESHOLD},
+            open=False,
         )
         await pool.open(wait=False)
         broker = make_broker(config.redis_url, middleware=[])

@@ -45,8 +45,16 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
 
 
+# No server-side prepared statements: behind PgBouncer in transaction pooling (1.18, Debian 12) a
+# statement prepared on one server connection is unknown on the next. Our queries are small; the
+# planning this costs is noise next to a round trip.
+PREPARE_THRESHOLD = None
+
+
 def connect(database_url: str, *, autocommit: bool = False) -> Connection:
-    return psycopg.connect(database_url, autocommit=autocommit, connect_timeout=5)
+    return psycopg.connect(
+        database_url, autocommit=autocommit, connect_timeout=5, prepare_threshold=PREPARE_THRESHOLD
+    )
 
 
 # A worker's statements fail instead of hanging: a handler stuck behind a lock raises like any
@@ -62,7 +70,7 @@ def make_pool(database_url: str, *, max_size: int) -> ConnectionPool[Connection]
         min_size=1,
         max_size=max_size,
         timeout=5,
-        kwargs={"connect_timeout": 5, "options": WORKER_SESSION},
+        kwargs={"connect_timeout": 5, "options": WORKER_SESSION, "prepare_threshold": PREPARE_THRESHOLD},
         open=True,
     )
 
@@ -90,33 +98,37 @@ def migration_files(directory: Path) -> list[tuple[str, Path]]:
 def migrate(database_url: str, directory: Path | None = None) -> dict[str, Any]:
     """Create the database if needed, then apply pending migrations, each in its own transaction.
 
-    A session advisory lock serializes concurrent runs: the second waits, then finds nothing to do.
+    Each transaction takes a transaction-scoped advisory lock and checks again that its version is
+    pending: concurrent runs take turns, even through PgBouncer in transaction pooling (where a
+    session lock could be taken on one server connection and released on another).
     """
     create_database(database_url)
     files = migration_files(directory or migrations_dir())
+    applied = []
     with connect(database_url, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", [_MIGRATION_LOCK])
-        try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK])
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version text PRIMARY KEY, name text NOT NULL,"
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            applied = [path.name for version, path in files if version not in done]
-            for version, path in files:
-                if version not in done:
-                    _apply(conn, version, path)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", [_MIGRATION_LOCK])
+        for version, path in files:
+            if _apply(conn, version, path):
+                applied.append(path.name)
     return {"applied": applied, "already_applied": len(files) - len(applied)}
 
 
-def _apply(conn: Connection, version: str, path: Path) -> None:
-    log.info("applying migration %s", path.name)
+def _apply(conn: Connection, version: str, path: Path) -> bool:
+    """Apply one migration unless another run already did; True when this call applied it."""
     with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK])
+        if conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", [version]).fetchone():
+            return False
+        log.info("applying migration %s", path.name)
         conn.execute(path.read_text("utf-8"))  # our own file, trusted like a literal
         conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", [version, path.name])
+    return True
 
 
 def create_database(database_url: str) -> bool:
