@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from veza_worker import actors, db, errors, logs, metrics, ops, webhooks
-from veza_worker.broker import make_broker
+from veza_worker.broker import AsyncEnqueuer, make_broker
 from veza_worker.settings import Settings
 
 log = logging.getLogger("receiver")
@@ -37,6 +37,7 @@ class State:
     broker: RedisBroker
     limiter: InvalidSignatureLimiter
     gauges: GaugeCache
+    enqueuer: AsyncEnqueuer
 
 
 async def hyperswitch_webhook(request: Request) -> Response:
@@ -65,7 +66,7 @@ async def _receive(request: Request) -> tuple[Response, str]:
         state.limiter.stored(record.source_ip, log_id)
         log.warning("webhook log_id=%s has a bad or missing signature", log_id)
         return PlainTextResponse("bad signature", status_code=401), "signature_invalid"
-    await enqueue(state.broker, log_id)
+    await enqueue(state.enqueuer, log_id)
     return JSONResponse({"log_id": log_id}), "accepted"
 
 
@@ -171,11 +172,11 @@ async def record_delivery(state: State, record: webhooks.Delivery) -> int:
         return await webhooks.insert_log(conn, webhooks.cut_down(record))
 
 
-async def enqueue(broker: RedisBroker, log_id: int) -> None:
+async def enqueue(enqueuer: AsyncEnqueuer, log_id: int) -> None:
     """Send process_webhook(log_id). The committed row is the outbox: a lost send is redriven."""
     message = actors.process_webhook.message(log_id)
     try:
-        await anyio.to_thread.run_sync(broker.enqueue, message)
+        await enqueuer.enqueue(message)
     except Exception:
         log.warning(
             "webhook log_id=%s recorded but not enqueued; the redrive will send it", log_id, exc_info=True
@@ -234,12 +235,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await pool.open(wait=False)
         broker = make_broker(config.redis_url, middleware=[])
         limiter = InvalidSignatureLimiter(config.invalid_signature_rows_per_minute)
-        app.state.receiver = State(config, pool, broker, limiter, GaugeCache())
+        enqueuer = AsyncEnqueuer(broker, config.redis_url)
+        app.state.receiver = State(config, pool, broker, limiter, GaugeCache(), enqueuer)
         log.info("receiver ready: %d webhook secret(s)", len(config.webhook_secrets))
         try:
             yield
         finally:
             await pool.close()
+            await enqueuer.close()
             broker.client.close()
 
     routes = [
