@@ -22,6 +22,7 @@ from tests.support import (
     SECRET,
     VECTOR,
     ServerThread,
+    at_once,
     envelope,
     join,
     log_rows,
@@ -284,3 +285,38 @@ def test_access_logs_carry_neither_body_nor_signature(
     text = "\n".join(record.getMessage() for record in caplog.records)
     assert "POST /webhooks/hyperswitch" in text  # the access log did run
     assert "BODY-MARKER-123" not in text and signature not in text and SECRET not in text
+
+
+def test_concurrent_deliveries_share_commits_and_each_answer_names_its_own_row(
+    receiver: str, conn: psycopg.Connection[Any], broker: dramatiq.Broker
+) -> None:
+    """Group commit: many deliveries per INSERT, and every answer's log_id is that delivery's row."""
+    bodies = [envelope(event_id=f"evt_group_{n}") for n in range(96)]
+    answers: dict[bytes, int] = {}
+
+    def post(body: bytes) -> None:
+        response = post_webhook(receiver, body)
+        assert response.status_code == 200
+        answers[body] = response.json()["log_id"]
+
+    at_once(*[lambda body=body: post(body) for body in bodies])
+
+    stored = {r["id"]: r["payload"].encode() for r in log_rows(conn)}
+    assert len(stored) == 96 and all(stored[log_id] == body for body, log_id in answers.items())
+
+
+def test_a_batch_the_database_refuses_is_written_row_by_row(
+    receiver: str, conn: psycopg.Connection[Any], broker: dramatiq.Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refused(*args: Any) -> list[int]:
+        raise psycopg.errors.CharacterNotInRepertoire("one row of the batch cannot be stored")
+
+    monkeypatch.setattr(webhooks, "insert_logs", refused)
+    bodies = [envelope() for _ in range(8)]
+
+    def post(body: bytes) -> None:
+        assert post_webhook(receiver, body).status_code == 200
+
+    at_once(*[lambda body=body: post(body) for body in bodies])
+
+    assert sorted(r["payload"].encode() for r in log_rows(conn)) == sorted(bodies)

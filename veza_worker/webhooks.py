@@ -154,6 +154,15 @@ async def insert_log(conn: psycopg.AsyncConnection[Any], record: Delivery) -> in
     return int(row[0])
 
 
+async def insert_logs(conn: psycopg.AsyncConnection[Any], records: list[Delivery]) -> list[int]:
+    """Several deliveries in one INSERT (the receiver's group commit); their ids, in order."""
+    columns = {name: [getattr(r, name) for r in records] for name in asdict(records[0])}
+    cur = await conn.execute(QUERIES["insert_logs"], columns)
+    found = await cur.fetchall()
+    assert len(found) == len(records) and found[0][1] == len(records)
+    return [int(row[0]) for row in found]
+
+
 def insert_log_sync(conn: db.Connection, record: Delivery) -> int:
     row = conn.execute(QUERIES["insert_log"], asdict(record)).fetchone()
     assert row is not None
