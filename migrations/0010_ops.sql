@@ -23,4 +23,3 @@ CREATE INDEX webhook_log_error_idx ON hyperswitch_webhook_log (received_at)
 CREATE INDEX reconcile_state_human_idx ON reconcile_state (first_checked_at)
     WHERE gave_up_at IS NOT NULL OR checks >= 5;
 CREATE INDEX refunds_failed_automatic_idx ON refunds (failed_at) WHERE automatic AND status = 'failed';
-CREATE INDEX user_subscriptions_status_idx ON user_subscriptions (status);
