@@ -102,6 +102,23 @@ class Client:
         """Cancel a payment that is not final; a final one is refused with a 400 (IR_14)."""
         return self._json("POST", f"/payments/{payment_id}/cancel", json={"cancellation_reason": reason})
 
+    def cancel_or_read(self, payment_id: str, reason: str) -> JSON:
+        """Cancel a payment that is not final; when the PSP refuses because it is final already,
+        the payment as it now is. HyperswitchNotFound only when the cancel itself found none: a
+        payment the PSP refused to cancel and then cannot find is an answer nobody can act on."""
+        try:
+            return self.cancel_payment(payment_id, reason)
+        except errors.HyperswitchNotFound:
+            raise
+        except errors.HyperswitchRejected:
+            pass
+        try:
+            return self.get_payment(payment_id)
+        except errors.HyperswitchNotFound as exc:
+            raise errors.HyperswitchUnavailable(
+                f"payment {payment_id}: cancel refused, then not found"
+            ) from exc
+
     def get_payment(self, payment_id: str, *, force_sync: bool = True) -> JSON:
         return self._json("GET", f"/payments/{payment_id}", params={"force_sync": _flag(force_sync)})
 

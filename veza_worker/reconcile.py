@@ -341,12 +341,8 @@ def _cancel_payment(context: Context, payment_id: str, reason: str) -> dict[str,
     """Cancel a payment that is not final; the PSP's final object (cancelled, or what it became
     when the cancel is refused because it is final already), or None when it cannot tell."""
     try:
-        cancelled = context.client.cancel_payment(payment_id, reason)
-    except errors.HyperswitchNotFound:
-        return None
-    except errors.HyperswitchRejected:
-        cancelled = _fetch(context, context.client.get_payment, payment_id, "payment_id") or {}
-    except errors.HyperswitchUnavailable as exc:
+        cancelled = context.client.cancel_or_read(payment_id, reason)
+    except errors.HyperswitchError as exc:
         log.warning("reconcile: cancelling %s failed: %s", payment_id, exc)
         return None
     return cancelled if str(cancelled.get("status")) in PAYMENT_EVENTS else None

@@ -361,7 +361,7 @@ def abandon(
     PSP could not be reached: the invoice stays pending for the reconciler.
     """
     try:
-        payment = client.cancel_payment(invoice.payment_id, reason)
+        payment = client.cancel_or_read(invoice.payment_id, reason)
     except errors.HyperswitchNotFound:
         if invoice.submitted_at is not None:  # the PSP answered its create: it is our config that is off
             log.error(
@@ -371,15 +371,7 @@ def abandon(
             )
             return None
         payment = {"payment_id": invoice.payment_id, "status": "cancelled"}  # never reached it
-    except errors.HyperswitchRejected:  # final already: apply what it became
-        try:
-            payment = client.get_payment(invoice.payment_id)
-        except errors.HyperswitchError as exc:
-            log.warning(
-                "subscription %s: reading payment %s failed: %s", subscription.id, invoice.payment_id, exc
-            )
-            return None
-    except errors.HyperswitchUnavailable as exc:
+    except errors.HyperswitchError as exc:
         log.warning(
             "subscription %s: cancelling payment %s failed: %s", subscription.id, invoice.payment_id, exc
         )
