@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: install services run test lint check bench bench-renew bench-sweeps
+.PHONY: install services run test lint check bench bench-renew bench-sweeps bench-worker
 
 install: $(VENV)/.installed
 
@@ -45,3 +45,6 @@ bench-renew: install services
 bench-sweeps: install services
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/sweeps
+
+bench-worker: install services
+	$(BIN)/python bench/worker
