@@ -144,10 +144,9 @@ def _refund_automatically(conn: db.Connection, order: Order, amount: int, what: 
 
 
 def _complete(conn: db.Connection, order: Order, refund_window: timedelta) -> None:
-    """One transaction (the caller's): order completed, licenses, seller credits, transfers."""
+    """In the caller's transaction, one statement: order completed, licenses, transfers, seller credits."""
     params = {"order_id": order.id, "currency": order.currency, "refund_window": refund_window}
-    conn.execute(QUERIES["complete_order"], params)
-    licenses = conn.execute(QUERIES["grant_licenses"], params).rowcount
-    sellers = conn.execute(QUERIES["credit_sellers"], params).rowcount
-    conn.execute(QUERIES["create_transfers"], params)
+    row = conn.execute(QUERIES["complete_order"], params).fetchone()
+    assert row is not None  # a SELECT of aggregates always returns its row
+    licenses, _transfers, sellers = row
     log.info("order %s completed: %d licenses, %d sellers credited", order.id, licenses, sellers)

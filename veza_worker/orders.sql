@@ -20,43 +20,50 @@ UPDATE orders
  WHERE id = %(order_id)s;
 
 -- complete_order --
-UPDATE orders
-   SET status = 'completed',
-       completed_at = now(),
-       refund_deadline = now() + %(refund_window)s,
-       updated_at = now()
- WHERE id = %(order_id)s;
-
--- grant_licenses --
--- One license per order item; the UNIQUE on order_item_id makes a second grant impossible.
-INSERT INTO licenses (order_id, order_item_id, buyer_id, track_id)
-SELECT i.order_id, i.id, o.buyer_id, i.track_id
-  FROM order_items i
-  JOIN orders o ON o.id = i.order_id
- WHERE i.order_id = %(order_id)s
-    ON CONFLICT (order_item_id) DO NOTHING;
-
--- credit_sellers --
--- Each seller's balance grows by the sum of their items in this order. Rows are written (and so
--- locked) in (seller_id, currency) order, the one order every balance writer keeps: a completion
--- and a refund touching the same sellers never deadlock.
-INSERT INTO seller_balances AS b (seller_id, currency, balance)
-SELECT seller_id, %(currency)s, sum(amount)
-  FROM order_items
- WHERE order_id = %(order_id)s
- GROUP BY seller_id
- ORDER BY seller_id
-    ON CONFLICT (seller_id, currency)
-    DO UPDATE SET balance = b.balance + excluded.balance, updated_at = now();
-
--- create_transfers --
--- One pending payout per seller of the order.
-INSERT INTO seller_transfers (order_id, seller_id, amount, currency)
-SELECT order_id, seller_id, sum(amount), %(currency)s
-  FROM order_items
- WHERE order_id = %(order_id)s
- GROUP BY order_id, seller_id
-    ON CONFLICT (order_id, seller_id) WHERE status <> 'reversed' DO NOTHING;
+-- A paid order, in one statement: the order completed, one license per item (the UNIQUE on
+-- order_item_id makes a second grant impossible), one pending payout per seller, and each
+-- seller's balance grown by the sum of their items. The balances are the hot rows (every sale
+-- of a popular seller touches theirs): written last, so they are locked only for the end of this
+-- statement, the delivery's final UPDATE and the commit, and in (seller_id, currency) order,
+-- the one order every balance writer keeps, so a completion and a refund never deadlock.
+WITH completed AS (
+    UPDATE orders
+       SET status = 'completed',
+           completed_at = now(),
+           refund_deadline = now() + %(refund_window)s,
+           updated_at = now()
+     WHERE id = %(order_id)s
+ RETURNING id, buyer_id
+), licensed AS (
+    INSERT INTO licenses (order_id, order_item_id, buyer_id, track_id)
+    SELECT i.order_id, i.id, c.buyer_id, i.track_id
+      FROM order_items i
+      JOIN completed c ON c.id = i.order_id
+        ON CONFLICT (order_item_id) DO NOTHING
+ RETURNING 1
+), by_seller AS (
+    SELECT seller_id, sum(amount) AS amount
+      FROM order_items
+     WHERE order_id = %(order_id)s
+     GROUP BY seller_id
+), transferred AS (
+    INSERT INTO seller_transfers (order_id, seller_id, amount, currency)
+    SELECT %(order_id)s, seller_id, amount, %(currency)s
+      FROM by_seller
+        ON CONFLICT (order_id, seller_id) WHERE status <> 'reversed' DO NOTHING
+ RETURNING 1
+), credited AS (
+    INSERT INTO seller_balances AS b (seller_id, currency, balance)
+    SELECT seller_id, %(currency)s, amount
+      FROM by_seller
+     ORDER BY seller_id
+        ON CONFLICT (seller_id, currency)
+        DO UPDATE SET balance = b.balance + excluded.balance, updated_at = now()
+ RETURNING 1
+)
+SELECT (SELECT count(*) FROM licensed) AS licenses,
+       (SELECT count(*) FROM transferred) AS transfers,
+       (SELECT count(*) FROM credited) AS sellers;
 
 -- fail_order --
 UPDATE orders

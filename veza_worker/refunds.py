@@ -459,16 +459,7 @@ def _take_remaining_items(conn: db.Connection, order: orders.Order, refund: Refu
 
 def _reverse_transfers(conn: db.Connection, order: orders.Order, refund: Refund) -> None:
     """Per seller, the open transfer keeps the unrefunded items' amount, the reversed ones the rest."""
-    params = {"refund_id": refund.id, "order_id": order.id}
-    for _seller_id, owed, transfer_id, transfer_amount in conn.execute(
-        QUERIES["owed_by_seller"], params
-    ).fetchall():
-        if transfer_id is None:
-            continue
-        if owed >= transfer_amount:
-            conn.execute(QUERIES["reverse_transfer"], {"transfer_id": transfer_id})
-        else:
-            conn.execute(QUERIES["split_transfer"], {"transfer_id": transfer_id, "amount": owed})
+    conn.execute(QUERIES["reverse_transfers"], {"refund_id": refund.id, "order_id": order.id})
 
 
 def _fail(conn: db.Connection, order: orders.Order, refund: Refund, message: str) -> None:

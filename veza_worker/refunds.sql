@@ -90,32 +90,36 @@ UPDATE seller_balances b
    AND b.currency = %(currency)s
 RETURNING b.seller_id, greatest(before.amount - before.balance, 0) AS shortfall;
 
--- owed_by_seller --
--- What each seller of the refund's items gives back, with their open transfer of the order.
-SELECT i.seller_id, sum(i.amount) AS amount, t.id AS transfer_id, t.amount AS transfer_amount
-  FROM refund_items ri
-  JOIN order_items i ON i.id = ri.order_item_id
-  LEFT JOIN seller_transfers t
-         ON t.order_id = %(order_id)s AND t.seller_id = i.seller_id AND t.status <> 'reversed'
- WHERE ri.refund_id = %(refund_id)s
- GROUP BY i.seller_id, t.id, t.amount
- ORDER BY i.seller_id;
-
--- reverse_transfer --
-UPDATE seller_transfers
-   SET status = 'reversed', updated_at = now()
- WHERE id = %(transfer_id)s;
-
--- split_transfer --
--- The open transfer keeps the seller's unrefunded amount; a reversed piece records the rest.
-WITH kept AS (
-    UPDATE seller_transfers
-       SET amount = amount - %(amount)s, updated_at = now()
-     WHERE id = %(transfer_id)s
- RETURNING order_id, seller_id, currency
+-- reverse_transfers --
+-- Per seller of the refund's items, in one statement: an open transfer the refund takes whole is
+-- reversed; one it takes part of keeps the seller's unrefunded amount, and a reversed piece
+-- records the rest. A seller with no open transfer (already paid out) has nothing to reverse.
+WITH owed AS (
+    SELECT t.id AS transfer_id, t.amount AS transfer_amount, sum(i.amount) AS amount
+      FROM refund_items ri
+      JOIN order_items i ON i.id = ri.order_item_id
+      JOIN seller_transfers t
+        ON t.order_id = %(order_id)s AND t.seller_id = i.seller_id AND t.status <> 'reversed'
+     WHERE ri.refund_id = %(refund_id)s
+     GROUP BY t.id, t.amount
+), reversed AS (
+    UPDATE seller_transfers t
+       SET status = 'reversed', updated_at = now()
+      FROM owed
+     WHERE t.id = owed.transfer_id AND owed.amount >= owed.transfer_amount
+ RETURNING t.id
+), kept AS (
+    UPDATE seller_transfers t
+       SET amount = t.amount - owed.amount, updated_at = now()
+      FROM owed
+     WHERE t.id = owed.transfer_id AND owed.amount < owed.transfer_amount
+ RETURNING t.order_id, t.seller_id, t.currency, owed.amount
+), pieces AS (
+    INSERT INTO seller_transfers (order_id, seller_id, amount, currency, status)
+    SELECT order_id, seller_id, amount, currency, 'reversed' FROM kept
+ RETURNING 1
 )
-INSERT INTO seller_transfers (order_id, seller_id, amount, currency, status)
-SELECT order_id, seller_id, %(amount)s, currency, 'reversed' FROM kept;
+SELECT (SELECT count(*) FROM reversed) AS reversed, (SELECT count(*) FROM pieces) AS split;
 
 -- raise_refunded_amount --
 -- The order's refunded total grows; it is refunded once no item is left, else completed again.
