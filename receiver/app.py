@@ -68,8 +68,7 @@ async def _receive(request: Request) -> tuple[Response, str]:
         state.limiter.stored(record.source_ip, log_id)
         log.warning("webhook log_id=%s has a bad or missing signature", log_id)
         return PlainTextResponse("bad signature", status_code=401), "signature_invalid"
-    await enqueue(state.enqueuer, log_id)
-    return JSONResponse({"log_id": log_id}), "accepted"
+    return JSONResponse({"log_id": log_id}), "accepted"  # committed, and enqueued (or redriven)
 
 
 class InvalidSignatureLimiter:
@@ -158,19 +157,23 @@ async def read_capped(request: Request, limit: int) -> bytes:
 
 
 class GroupCommit:
-    """Concurrent deliveries share one INSERT and one commit; each is answered after it.
+    """Concurrent deliveries share one INSERT, one commit and one enqueue; each is answered after.
 
-    Requests queue their row; a few writer tasks each take what is queued (up to MAX_BATCH) and
-    write it in one transaction. Under load that is one round trip and one WAL flush for many
-    deliveries; alone, a delivery waits for nobody. A batch that fails for a reason other than an
-    outage is written again row by row, so one bad row never costs the others.
+    Requests queue their row; a few writer tasks each take what is queued (up to MAX_BATCH), write
+    it in one transaction and, once it is committed, send the valid rows' messages to Redis in one
+    round trip. Under load that is one round trip to each and one WAL flush for many deliveries;
+    alone, a delivery waits for nobody. A batch that fails for a reason other than an outage is
+    written again row by row, so one bad row never costs the others.
     """
 
     MAX_BATCH = 64
     WRITERS = 4
 
-    def __init__(self, pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]], enqueuer: AsyncEnqueuer
+    ) -> None:
         self.pool = pool
+        self.enqueuer = enqueuer
         self._queue: list[tuple[webhooks.Delivery, asyncio.Future[int]]] = []
         self._ready = asyncio.Condition()
 
@@ -204,10 +207,14 @@ class GroupCommit:
                 return
             for record, written in batch:  # one refused row: every other one still gets in
                 try:
-                    written.set_result(await self._one(record))
+                    log_id = await self._one(record)
                 except psycopg.Error as single:
                     written.set_exception(single)
+                    continue
+                await enqueue(self.enqueuer, [log_id] if record.signature_valid else [])
+                written.set_result(log_id)
             return
+        await enqueue(self.enqueuer, [i for (r, _), i in zip(batch, ids, strict=True) if r.signature_valid])
         for (_, written), log_id in zip(batch, ids, strict=True):
             written.set_result(log_id)
 
@@ -229,17 +236,22 @@ async def record_delivery(state: State, record: webhooks.Delivery) -> int:
             "webhook row refused (%s); storing it with its header fields cut down", type(exc).__name__
         )
     async with state.pool.connection() as conn:
-        return await webhooks.insert_log(conn, webhooks.cut_down(record))
+        log_id = await webhooks.insert_log(conn, webhooks.cut_down(record))
+    await enqueue(state.enqueuer, [log_id] if record.signature_valid else [])
+    return log_id
 
 
-async def enqueue(enqueuer: AsyncEnqueuer, log_id: int) -> None:
-    """Send process_webhook(log_id). The committed row is the outbox: a lost send is redriven."""
-    message = actors.process_webhook.message(log_id)
+async def enqueue(enqueuer: AsyncEnqueuer, log_ids: list[int]) -> None:
+    """Send process_webhook for committed rows. The rows are the outbox: a lost send is redriven."""
+    if not log_ids:
+        return
     try:
-        await enqueuer.enqueue(message)
+        await enqueuer.enqueue([actors.process_webhook.message(log_id) for log_id in log_ids])
     except Exception:
         log.warning(
-            "webhook log_id=%s recorded but not enqueued; the redrive will send it", log_id, exc_info=True
+            "webhook log_id=%s recorded but not enqueued; the redrive will send it",
+            ",".join(map(str, log_ids)),
+            exc_info=True,
         )
 
 
@@ -296,7 +308,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         broker = make_broker(config.redis_url, middleware=[])
         limiter = InvalidSignatureLimiter(config.invalid_signature_rows_per_minute)
         enqueuer = AsyncEnqueuer(broker, config.redis_url)
-        group_commit = GroupCommit(pool)
+        group_commit = GroupCommit(pool, enqueuer)
         app.state.receiver = State(config, pool, broker, limiter, GaugeCache(), enqueuer, group_commit)
         log.info("receiver ready: %d webhook secret(s)", len(config.webhook_secrets))
         try:

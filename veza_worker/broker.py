@@ -47,23 +47,27 @@ class AsyncEnqueuer:
         self._dispatch = self.client.register_script(dramatiq_redis._scripts["dispatch"])
         self._unpack_size: int | None = None
 
-    async def enqueue(self, message: dramatiq.Message[Any]) -> None:
+    async def enqueue(self, messages: list[dramatiq.Message[Any]]) -> None:
+        """Send messages in one round trip: each its own dispatch call, pipelined (no MULTI)."""
         if self._unpack_size is None:  # what the broker computes once, by a script of its own
             self._unpack_size = await anyio.to_thread.run_sync(self.broker._max_unpack_size)
-        message = message.copy(options={"redis_message_id": str(uuid.uuid4())})
-        args = [
-            "enqueue",
-            int(time.time() * 1000),
-            message.queue_name,
-            self.broker.broker_id,
-            self.broker.heartbeat_timeout,
-            self.broker.dead_message_ttl,
-            0,  # maintenance is the workers' job
-            self._unpack_size,
-            message.options["redis_message_id"],
-            message.encode(),
-        ]
-        await self._dispatch(keys=[self.broker.namespace], args=args)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for message in messages:
+                message = message.copy(options={"redis_message_id": str(uuid.uuid4())})
+                args = [
+                    "enqueue",
+                    int(time.time() * 1000),
+                    message.queue_name,
+                    self.broker.broker_id,
+                    self.broker.heartbeat_timeout,
+                    self.broker.dead_message_ttl,
+                    0,  # maintenance is the workers' job
+                    self._unpack_size,
+                    message.options["redis_message_id"],
+                    message.encode(),
+                ]
+                await self._dispatch(keys=[self.broker.namespace], args=args, client=pipe)
+            await pipe.execute()
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -87,19 +87,20 @@ UPDATE hyperswitch_webhook_log
 
 -- insert_logs --
 -- Group commit: several deliveries, one INSERT and one commit. Their ids are drawn first, in
--- order, so the n-th delivery gets the n-th id whatever order the rows are written in.
+-- order, so the n-th delivery gets the n-th id whatever order the rows are written in. The columns
+-- go as binary arrays (%(name)b): dumping them as text arrays was 11% of the receiver's profile.
 WITH ids AS MATERIALIZED (
     SELECT nextval(pg_get_serial_sequence('hyperswitch_webhook_log', 'id')) AS id, n
-      FROM generate_series(1, cardinality(%(payload)s::text[])) AS n
+      FROM generate_series(1, cardinality(%(payload)b::text[])) AS n
 ), written AS (
     INSERT INTO hyperswitch_webhook_log
            (id, payload, payload_raw, signature_valid, signature_key_index, processing_result,
             source_ip, user_agent, request_id, event_type, event_id)
     SELECT ids.id, d.payload, d.payload_raw, d.signature_valid, d.signature_key_index, d.processing_result,
            d.source_ip, d.user_agent, d.request_id, d.event_type, d.event_id
-      FROM unnest(%(payload)s::text[], %(payload_raw)s::bytea[], %(signature_valid)s::bool[],
-                  %(signature_key_index)s::smallint[], %(processing_result)s::text[], %(source_ip)s::text[],
-                  %(user_agent)s::text[], %(request_id)s::text[], %(event_type)s::text[], %(event_id)s::text[])
+      FROM unnest(%(payload)b::text[], %(payload_raw)b::bytea[], %(signature_valid)b::bool[],
+                  %(signature_key_index)b::smallint[], %(processing_result)b::text[], %(source_ip)b::text[],
+                  %(user_agent)b::text[], %(request_id)b::text[], %(event_type)b::text[], %(event_id)b::text[])
            WITH ORDINALITY AS d(payload, payload_raw, signature_valid, signature_key_index, processing_result,
                                 source_ip, user_agent, request_id, event_type, event_id, n)
       JOIN ids USING (n)
