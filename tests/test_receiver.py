@@ -36,6 +36,14 @@ def queued_messages(broker: dramatiq.Broker) -> int:
     return int(broker.do_qsize("webhooks"))  # type: ignore[attr-defined]
 
 
+def enqueued_log_ids(broker: dramatiq.Broker) -> list[int]:
+    """The log_id of every process_webhook message waiting in Redis, as a worker would decode it."""
+    stored = broker.client.hvals(f"{broker.namespace}:webhooks.msgs")  # type: ignore[attr-defined]
+    messages = [dramatiq.Message.decode(raw) for raw in stored]
+    assert all(m.actor_name == "process_webhook" for m in messages)
+    return sorted(m.args[0] for m in messages)
+
+
 def test_the_shared_signature_vector_verifies() -> None:
     body = (SAMPLES / VECTOR["raw_body_file"]).read_bytes()
     expected = VECTOR["request_headers"]["X-Webhook-Signature-512"]
@@ -303,6 +311,28 @@ def test_concurrent_deliveries_share_commits_and_each_answer_names_its_own_row(
 
     stored = {r["id"]: r["payload"].encode() for r in log_rows(conn)}
     assert len(stored) == 96 and all(stored[log_id] == body for body, log_id in answers.items())
+    # each batch is enqueued in one round trip after its commit: every row once, no other
+    assert enqueued_log_ids(broker) == sorted(stored)
+
+
+def test_a_batch_mixing_forged_and_valid_deliveries_enqueues_only_the_valid_rows(
+    receiver: str, conn: psycopg.Connection[Any], broker: dramatiq.Broker
+) -> None:
+    valid = [envelope(event_id=f"evt_mixed_{n}") for n in range(24)]
+    forged = [envelope(event_id=f"evt_forged_{n}") for n in range(24)]
+
+    def post(body: bytes, secret: str | None) -> None:
+        expected = 200 if secret == SECRET else 401
+        assert post_webhook(receiver, body, secret=secret).status_code == expected
+
+    at_once(
+        *[lambda body=body: post(body, SECRET) for body in valid],
+        *[lambda body=body: post(body, "not-the-secret") for body in forged],
+    )
+
+    rows = log_rows(conn)
+    assert sum(r["signature_valid"] for r in rows) == 24 and len(rows) == 48  # forged ones stored too
+    assert enqueued_log_ids(broker) == sorted(r["id"] for r in rows if r["signature_valid"])
 
 
 def test_a_batch_the_database_refuses_is_written_row_by_row(
@@ -319,4 +349,6 @@ def test_a_batch_the_database_refuses_is_written_row_by_row(
 
     at_once(*[lambda body=body: post(body) for body in bodies])
 
-    assert sorted(r["payload"].encode() for r in log_rows(conn)) == sorted(bodies)
+    rows = log_rows(conn)
+    assert sorted(r["payload"].encode() for r in rows) == sorted(bodies)
+    assert enqueued_log_ids(broker) == sorted(r["id"] for r in rows)
