@@ -198,7 +198,7 @@ class GroupCommit:
 
     async def _write(self, batch: list[tuple[webhooks.Delivery, asyncio.Future[int]]]) -> None:
         try:
-            async with self.pool.connection() as conn:  # commits when the block exits
+            async with self.pool.connection() as conn:  # one statement, committed when it returns
                 ids = await webhooks.insert_logs(conn, [record for record, _ in batch])
         except psycopg.Error as exc:
             if db.is_transient(exc) or len(batch) == 1:
@@ -301,7 +301,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             min_size=2,
             max_size=10,
             timeout=5,
-            kwargs={"connect_timeout": 5, "prepare_threshold": db.PREPARE_THRESHOLD},
+            # autocommit: every statement the receiver runs is one statement, its own transaction,
+            # committed (and flushed) when it returns: one round trip, not BEGIN, it, COMMIT.
+            kwargs={"connect_timeout": 5, "prepare_threshold": db.PREPARE_THRESHOLD, "autocommit": True},
             open=False,
         )
         await pool.open(wait=False)
