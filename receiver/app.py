@@ -205,17 +205,16 @@ class GroupCommit:
                 for _, written in batch:
                     written.set_exception(exc)
                 return
+            stored: list[tuple[webhooks.Delivery, asyncio.Future[int], int]] = []
             for record, written in batch:  # one refused row: every other one still gets in
                 try:
-                    log_id = await self._one(record)
+                    stored.append((record, written, await self._one(record)))
                 except psycopg.Error as single:
                     written.set_exception(single)
-                    continue
-                await enqueue(self.enqueuer, [log_id] if record.signature_valid else [])
-                written.set_result(log_id)
-            return
-        await enqueue(self.enqueuer, [i for (r, _), i in zip(batch, ids, strict=True) if r.signature_valid])
-        for (_, written), log_id in zip(batch, ids, strict=True):
+        else:
+            stored = [(record, written, log_id) for (record, written), log_id in zip(batch, ids, strict=True)]
+        await enqueue(self.enqueuer, [(record, log_id) for record, _, log_id in stored])
+        for _, written, log_id in stored:
             written.set_result(log_id)
 
     async def _one(self, record: webhooks.Delivery) -> int:
@@ -237,12 +236,14 @@ async def record_delivery(state: State, record: webhooks.Delivery) -> int:
         )
     async with state.pool.connection() as conn:
         log_id = await webhooks.insert_log(conn, webhooks.cut_down(record))
-    await enqueue(state.enqueuer, [log_id] if record.signature_valid else [])
+    await enqueue(state.enqueuer, [(record, log_id)])
     return log_id
 
 
-async def enqueue(enqueuer: AsyncEnqueuer, log_ids: list[int]) -> None:
-    """Send process_webhook for committed rows. The rows are the outbox: a lost send is redriven."""
+async def enqueue(enqueuer: AsyncEnqueuer, committed: list[tuple[webhooks.Delivery, int]]) -> None:
+    """Send process_webhook for the committed rows whose signature is valid, in one round trip.
+    The rows are the outbox: a lost send is redriven."""
+    log_ids = [log_id for record, log_id in committed if record.signature_valid]
     if not log_ids:
         return
     try:

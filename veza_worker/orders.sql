@@ -23,9 +23,10 @@ UPDATE orders
 -- A paid order, in one statement: the order completed, one license per item (the UNIQUE on
 -- order_item_id makes a second grant impossible), one pending payout per seller, and each
 -- seller's balance grown by the sum of their items. The balances are the hot rows (every sale
--- of a popular seller touches theirs): written last, so they are locked only for the end of this
--- statement, the delivery's final UPDATE and the commit, and in (seller_id, currency) order,
--- the one order every balance writer keeps, so a completion and a refund never deadlock.
+-- of a popular seller touches theirs): in one statement they are locked only for its end, the
+-- delivery's final UPDATE and the commit (Postgres runs the CTEs in an order of its own; the
+-- final SELECT reads `credited` last). They are written in (seller_id, currency) order, the one
+-- order every balance writer keeps, so a completion and a refund never deadlock.
 WITH completed AS (
     UPDATE orders
        SET status = 'completed',
