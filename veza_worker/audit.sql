@@ -1,0 +1,128 @@
+-- balanced --
+-- Every transaction has entries, and they sum to zero per currency (Postgres refuses anything
+-- else at commit; this finds what a disabled trigger let through).
+SELECT 'transaction ' || t.key AS object,
+       CASE WHEN e.currency IS NULL THEN 'has no entries'
+            ELSE 'is off by ' || e.total || ' ' || e.currency END AS detail
+  FROM ledger_transactions t
+  LEFT JOIN (SELECT transaction_id, currency, sum(amount) AS total
+               FROM ledger_entries GROUP BY transaction_id, currency) e ON e.transaction_id = t.id
+ WHERE e.currency IS NULL OR e.total <> 0
+ LIMIT %(limit)s;
+
+-- read_model --
+-- seller_balances equals the sum of each seller account's entries.
+WITH ledger AS (
+    SELECT split_part(account, ':', 2)::uuid AS seller_id, currency,
+           coalesce(sum(amount) FILTER (WHERE account LIKE '%%:held'), 0) AS held,
+           coalesce(sum(amount) FILTER (WHERE account LIKE '%%:available'), 0) AS available,
+           coalesce(sum(amount) FILTER (WHERE account LIKE '%%:in_transit'), 0) AS in_transit
+      FROM ledger_entries
+     WHERE account LIKE 'seller:%%'
+     GROUP BY 1, 2
+)
+SELECT 'seller ' || coalesce(l.seller_id, b.seller_id) || ' ' || coalesce(l.currency, b.currency) AS object,
+       'seller_balances shows held/available/in_transit '
+       || concat_ws('/', coalesce(b.held, 0), coalesce(b.available, 0), coalesce(b.in_transit, 0))
+       || ', the ledger ' || concat_ws('/', coalesce(l.held, 0), coalesce(l.available, 0), coalesce(l.in_transit, 0))
+       AS detail
+  FROM ledger l
+  FULL JOIN seller_balances b ON b.seller_id = l.seller_id AND b.currency = l.currency
+ WHERE coalesce(l.held, 0) <> coalesce(b.held, 0)
+    OR coalesce(l.available, 0) <> coalesce(b.available, 0)
+    OR coalesce(l.in_transit, 0) <> coalesce(b.in_transit, 0)
+ LIMIT %(limit)s;
+
+-- movements --
+-- Both ways: every movement the PSP made (as our rows record it) has exactly one posting of its
+-- amount on `world` (corrections of it included), and every posting of a PSP movement has one.
+WITH expected (key, object, world) AS (
+    SELECT 'order:' || id || ':paid', 'order ' || id, -total_amount
+      FROM orders
+     WHERE status IN ('completed', 'refund_pending', 'refunded', 'disputed', 'charged_back')
+       AND total_amount > 0
+    UNION ALL
+    SELECT 'refund:' || id || ':succeeded', 'refund ' || id, amount FROM refunds WHERE status = 'succeeded'
+    UNION ALL
+    SELECT 'refund:' || id || ':kept', 'refund ' || id, -amount FROM refunds WHERE automatic
+    UNION ALL
+    SELECT 'invoice:' || id || ':paid', 'invoice ' || id, -amount
+      FROM subscription_invoices WHERE status = 'paid' AND amount > 0
+    UNION ALL
+    SELECT 'dispute:' || id || ':opened', 'dispute ' || id, amount
+      FROM disputes
+     WHERE status <> 'none' AND (order_id IS NOT NULL OR invoice_id IS NOT NULL) AND amount > 0
+    UNION ALL
+    SELECT 'dispute:' || id || ':closed', 'dispute ' || id, -amount
+      FROM disputes
+     WHERE status IN ('dispute_won', 'dispute_cancelled')
+       AND (order_id IS NOT NULL OR invoice_id IS NOT NULL) AND amount > 0
+), posted AS (
+    SELECT coalesce(t.corrects, t.key) AS key,
+           count(DISTINCT t.id) FILTER (WHERE t.corrects IS NULL) AS postings,
+           coalesce(sum(e.amount) FILTER (WHERE e.account = 'world'), 0) AS world
+      FROM ledger_transactions t
+      JOIN ledger_entries e ON e.transaction_id = t.id
+     WHERE coalesce(t.corrects, t.key) ~ '^(order:.*:paid|refund:.*:(succeeded|kept)|invoice:.*:paid|dispute:.*:(opened|closed))$'
+     GROUP BY 1
+)
+SELECT coalesce(x.object, 'transaction ' || p.key) AS object,
+       CASE WHEN p.key IS NULL THEN 'has no posting ' || x.key
+            WHEN x.key IS NULL THEN 'posting ' || p.key || ' is for a movement the payment provider never made'
+            ELSE p.key || ' moved ' || p.world || ' on world, the movement was ' || x.world END AS detail
+  FROM expected x
+  FULL JOIN posted p ON p.key = x.key
+ WHERE x.key IS NULL OR p.key IS NULL OR p.world <> x.world OR p.postings <> 1
+ LIMIT %(limit)s;
+
+-- licenses --
+-- No live license for an item refunded or charged back (cost: refunds and lost disputes, not licenses).
+SELECT 'license ' || l.id AS object,
+       'is live for item ' || l.order_item_id || ' of order ' || l.order_id || ', which was ' || why AS detail
+  FROM (SELECT ri.order_item_id, 'refunded by refund ' || r.id AS why
+          FROM refunds r JOIN refund_items ri ON ri.refund_id = r.id
+         WHERE r.status = 'succeeded'
+        UNION ALL
+        SELECT di.order_item_id, 'charged back by dispute ' || d.id
+          FROM disputes d JOIN dispute_items di ON di.dispute_id = d.id
+         WHERE d.status IN ('dispute_lost', 'dispute_accepted', 'dispute_expired')) gone
+  JOIN licenses l ON l.order_item_id = gone.order_item_id
+ WHERE l.revoked_at IS NULL
+ LIMIT %(limit)s;
+
+-- suspense --
+-- Money in suspense for over a day has its automatic refund under way (pending) or left to a
+-- human (failed); anything else is money we keep for nothing.
+SELECT 'refund ' || coalesce(t.refund_id::text, '(none)') AS object,
+       sum(e.amount) || ' ' || e.currency || ' in platform:suspense since ' || min(t.created_at)
+       || ' without a pending or failed automatic refund' AS detail
+  FROM ledger_transactions t
+  JOIN ledger_entries e ON e.transaction_id = t.id
+ WHERE e.account = 'platform:suspense'
+ GROUP BY t.refund_id, e.currency
+HAVING sum(e.amount) <> 0
+   AND min(t.created_at) < now() - interval '1 day'
+   AND NOT EXISTS (SELECT 1 FROM refunds r
+                    WHERE r.id = t.refund_id AND r.automatic AND r.status IN ('pending', 'failed'))
+ LIMIT %(limit)s;
+
+-- unallocated --
+-- Every posting to platform:unallocated has a discrepancy (open or resolved) naming its object.
+SELECT 'transaction ' || t.key AS object,
+       'moved ' || e.amount || ' ' || e.currency || ' on platform:unallocated with no discrepancy' AS detail
+  FROM ledger_transactions t
+  JOIN ledger_entries e ON e.transaction_id = t.id
+ WHERE e.account = 'platform:unallocated'
+   AND NOT EXISTS (
+       SELECT 1 FROM discrepancies d
+        WHERE d.order_id = t.order_id OR d.refund_id = t.refund_id OR d.dispute_id = t.dispute_id
+           OR d.invoice_id = t.invoice_id OR d.payout_id = t.payout_id)
+ LIMIT %(limit)s;
+
+-- last_violations --
+-- What the last audit sweep found, for the veza_ledger_violations gauge.
+SELECT (counts ->> 'violations')::bigint
+  FROM sweep_runs
+ WHERE name = 'audit' AND finished_at IS NOT NULL AND error IS NULL
+ ORDER BY started_at DESC
+ LIMIT 1;
