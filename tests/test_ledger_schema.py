@@ -125,9 +125,9 @@ def paid(conn: psycopg.Connection[Any], items: list[tuple[uuid.UUID, int]], stat
 
 
 def item_of(conn: psycopg.Connection[Any], order_id: uuid.UUID, seller_id: uuid.UUID) -> uuid.UUID:
-    return row(
-        conn, "SELECT id FROM order_items WHERE order_id = %s AND seller_id = %s", order_id, seller_id
-    )["id"]
+    query = "SELECT id FROM order_items WHERE order_id = %s AND seller_id = %s"
+    found: uuid.UUID = row(conn, query, order_id, seller_id)["id"]
+    return found
 
 
 def test_migrating_a_round2_database_posts_opening_balances_that_audit_accepts(round2_url: str) -> None:
