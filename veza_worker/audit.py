@@ -25,6 +25,9 @@ def run(conn: db.Connection) -> dict[str, Any]:
     violations: list[dict[str, str]] = []
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        # Its aggregates hash a few hundred thousand groups at a million entries: in memory, not
+        # spilled in 4 MB batches (bench/audit: 6.3 s -> 3.4 s).
+        conn.execute("SET LOCAL work_mem = '128MB'")
         for check in CHECKS:
             found = conn.execute(QUERIES[check], {"limit": LIMIT_PER_CHECK}).fetchall()
             violations += [{"check": check, "object": obj, "detail": detail} for obj, detail in found]
