@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fcntl
-import os
+import functools
 import tempfile
 import uuid
 import zlib
@@ -15,28 +15,14 @@ from typing import Any
 import dramatiq
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from receiver.app import create_app
+from tests import factories
 from tests.fake_hyperswitch import FakeHyperswitch, create_fake
-from tests.support import OLD_SECRET, SECRET, TEST_REDIS_URL, ServerThread
+from tests.support import OLD_SECRET, PSP_API_KEY, SECRET, TEST_REDIS_URL, ServerThread, admin, url_for
 from veza_worker import db, hyperswitch
 from veza_worker.broker import broker as global_broker
 from veza_worker.settings import Settings
-
-SERVER_URL = os.environ.get("VEZA_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def admin(query: str, *names: str) -> None:
-    """Run a CREATE/DROP DATABASE on the server, names quoted as identifiers."""
-    statement = sql.SQL(query).format(*map(sql.Identifier, names))
-    with psycopg.connect(SERVER_URL, autocommit=True) as conn:
-        conn.execute(statement)
-
-
-def url_for(name: str) -> str:
-    return make_conninfo(SERVER_URL, dbname=name)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -103,7 +89,10 @@ def worker(
     started.stop()
 
 
-PSP_API_KEY = "snd_test_api_key_0123456789"
+@pytest.fixture
+def monthly(conn: psycopg.Connection[Any]) -> uuid.UUID:
+    """A monthly plan of 9.99 EUR, no trial."""
+    return factories.make_plan(conn, 999)
 
 
 @pytest.fixture
@@ -132,6 +121,12 @@ def client(psp: tuple[str, FakeHyperswitch]) -> Iterator[hyperswitch.Client]:
     psp_client = hyperswitch.Client(psp[0], PSP_API_KEY)
     yield psp_client
     psp_client.close()
+
+
+@pytest.fixture
+def own_connections(database_url: str, psp: tuple[str, FakeHyperswitch]) -> factories.OwnConnections:
+    """For a thread standing in for another process: `with own_connections() as (conn, client):`."""
+    return functools.partial(factories.own_connections, database_url, psp[0])
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from tests import openapi
-from tests.conftest import PSP_API_KEY
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, settle_payment
+from tests.support import PSP_API_KEY
 from veza_worker import errors, hyperswitch
 from veza_worker.settings import Settings
 

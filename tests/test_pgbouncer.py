@@ -21,9 +21,8 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from receiver.app import create_app
-from tests.conftest import admin
 from tests.fake_hyperswitch import webhook_body
-from tests.support import ServerThread, at_once, join, log_rows, make_order, post_webhook, rows
+from tests.support import ServerThread, admin, at_once, join, log_rows, make_order, post_webhook, rows
 from veza_worker import db, hyperswitch
 from veza_worker.settings import Settings
 
