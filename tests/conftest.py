@@ -24,10 +24,16 @@ from veza_worker import db, hyperswitch
 from veza_worker.broker import broker as global_broker
 from veza_worker.settings import Settings
 
+UNIT = Path(__file__).resolve().parent / "unit"  # tests of pure functions: no Postgres, no Redis
+
 
 @pytest.fixture(scope="session", autouse=True)
-def one_session_per_redis_db() -> Iterator[None]:
-    """Test sessions on one machine share the tests' Redis database: they take turns, not messages."""
+def one_session_per_redis_db(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Test sessions on one machine share the tests' Redis database: they take turns, not messages.
+    A session of unit tests alone uses neither service, so it takes no turn."""
+    if all(UNIT in Path(item.path).parents for item in request.session.items):
+        yield
+        return
     lock_path = Path(tempfile.gettempdir()) / f"veza-worker-tests-{zlib.crc32(TEST_REDIS_URL.encode())}.lock"
     with lock_path.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -1,8 +1,11 @@
-"""The test suite's own layout: no test imports another test module."""
+"""The test suite's own layout: no test imports another test module, and unit tests need no service."""
 
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
@@ -39,3 +42,19 @@ def test_no_test_imports_another_test_module() -> None:
         "shared helpers live in tests/factories.py (rows), tests/support.py (the rest) "
         "or, as fixtures, in tests/conftest.py"
     )
+
+
+def test_the_unit_tests_pass_with_postgres_and_redis_unreachable() -> None:
+    nothing_listens = {
+        "VEZA_TEST_POSTGRES_URL": "postgresql://postgres@127.0.0.1:9/postgres?connect_timeout=1",
+        "VEZA_TEST_REDIS_URL": "redis://127.0.0.1:9/15",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(TESTS / "unit")],
+        env={**os.environ, **nothing_listens},
+        cwd=TESTS.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
