@@ -29,7 +29,7 @@ from veza_worker.settings import Settings
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 pytestmark = pytest.mark.skipif(
     not os.path.exists(PGBOUNCER),
-    reason="pgbouncer is not installed (apt-get install pgbouncer; .ci/run does)",
+    reason="pgbouncer is not installed (make test installs it: apt-get install pgbouncer)",
 )
 
 
