@@ -27,9 +27,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from receiver.app import create_app
-from tests.conftest import PSP_API_KEY
 from tests.fake_hyperswitch import FakeHyperswitch
 from tests.support import (
+    PSP_API_KEY,
     SECRET,
     TEST_REDIS_URL,
     ServerThread,
