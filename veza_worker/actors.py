@@ -8,7 +8,7 @@ from datetime import timedelta
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from veza_worker import billing, metrics, ops, refunds, retention, webhooks
+from veza_worker import automatic_refunds, billing, metrics, ops, retention, webhooks
 from veza_worker import reconcile as reconciler
 from veza_worker.broker import resources
 
@@ -68,7 +68,7 @@ def send_automatic_refunds() -> None:
     if resources.client is None:
         return
     with resources.pool.connection() as conn:
-        refunds.send_automatic(conn, resources.client)
+        automatic_refunds.send_unsent(conn, resources.client)
 
 
 @dramatiq.actor(queue_name="sweeps", max_retries=0, time_limit=3_600_000)
