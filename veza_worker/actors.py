@@ -1,4 +1,7 @@
-"""Dramatiq actors: thin entry points that open a connection and call the module that knows."""
+"""Dramatiq actors: thin entry points that open a connection and call the module that knows.
+
+One actor per delivery, and one per sweep of sweeps.SWEEPS.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,7 @@ from datetime import timedelta
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from veza_worker import automatic_refunds, billing, metrics, ops, retention, webhooks
-from veza_worker import reconcile as reconciler
+from veza_worker import metrics, sweeps, webhooks
 from veza_worker.broker import resources
 
 log = logging.getLogger(__name__)
@@ -33,53 +35,26 @@ def process_webhook(log_id: int) -> None:
     metrics.webhook_result(result)
 
 
-@dramatiq.actor(queue_name="sweeps", max_retries=0)
-def redrive_webhooks() -> None:
-    """Enqueue again the outbox rows no worker finished."""
-    with resources.pool.connection() as conn:
-        ops.run_sweep(conn, "redrive", lambda: webhooks.redrive(conn, process_webhook.send))
+def _sweep_actor(sweep: sweeps.Sweep) -> dramatiq.Actor[[], None]:
+    """The actor the clock sends for one sweep of the table."""
+
+    def run() -> None:
+        if sweep.needs_psp and resources.client is None:
+            log.warning("%s skipped: payment provider not configured", sweep.name)
+            return
+        with resources.pool.connection() as conn:
+            sweeps.run(sweep, sweeps.Context(conn, resources.settings, resources.client))
+
+    run.__doc__ = sweep.help
+    time_limit = int(sweep.time_limit.total_seconds() * 1000)
+    declare = dramatiq.actor(
+        actor_name=sweep.actor, queue_name="sweeps", max_retries=0, time_limit=time_limit
+    )
+    return declare(run)
 
 
-@dramatiq.actor(queue_name="sweeps", max_retries=0, time_limit=3_600_000)
-def cleanup_webhook_log() -> None:
-    """Daily retention of the audit log."""
-    days = resources.settings.webhook_log_retention_days
-    with resources.pool.connection() as conn:
-        ops.run_sweep(conn, "retention", lambda: retention.cleanup(conn, timedelta(days=days)))
-
-
-@dramatiq.actor(queue_name="sweeps", max_retries=0, time_limit=3_600_000)
-def end_trials() -> None:
-    """Trials past their end → pending_payment, invoice, PSP payment."""
-    with resources.pool.connection() as conn:
-        ops.run_sweep(conn, "trial_end", lambda: billing.end_trials(conn, resources.client))
-
-
-@dramatiq.actor(queue_name="sweeps", max_retries=0, time_limit=3_600_000)
-def renew_subscriptions() -> None:
-    """Period-end cancels, renewals, dunning steps."""
-    with resources.pool.connection() as conn:
-        ops.run_sweep(conn, "renew", lambda: billing.renew(conn, resources.client, resources.settings))
-
-
-@dramatiq.actor(queue_name="sweeps", max_retries=0)
-def send_automatic_refunds() -> None:
-    """The refund outbox: automatic refunds of money we must not keep."""
-    if resources.client is None:
-        return
-    with resources.pool.connection() as conn:
-        automatic_refunds.send_unsent(conn, resources.client)
-
-
-@dramatiq.actor(queue_name="sweeps", max_retries=0, time_limit=3_600_000)
-def reconcile() -> None:
-    """One reconciliation tick."""
-    if resources.client is None:
-        log.warning("reconcile skipped: payment provider not configured")
-        return
-    client = resources.client
-    with resources.pool.connection() as conn:
-        ops.run_sweep(conn, "reconcile", lambda: reconciler.tick(conn, client, resources.settings))
+# One actor per sweep, by sweep name; the clock sends them.
+SWEEPS = {sweep.name: _sweep_actor(sweep) for sweep in sweeps.SWEEPS}
 
 
 def _final_attempt() -> bool:
