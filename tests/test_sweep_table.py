@@ -24,7 +24,7 @@ import yaml
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import make_order, rows, run_cli
+from tests.support import make_order, row, rows, run_cli
 from veza_worker import actors, automatic_refunds, cli, clock, metrics, ops, sweeps
 from veza_worker.settings import Settings
 
@@ -258,6 +258,32 @@ def test_promtool_accepts_the_rules_and_their_unit_tests_pass() -> None:
     ):
         done = subprocess.run(command, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_refund_opened_by_a_sweep_is_enqueued_after_its_commit(
+    settings: Settings, conn: psycopg.Connection[Any], broker: dramatiq.Broker
+) -> None:
+    order_id = make_order(conn, [(uuid.uuid4(), 300)], status="failed", payment_id="pay_" + "b" * 26)
+
+    def opens_a_refund(context: sweeps.Context) -> dict[str, Any]:
+        with context.conn.transaction():
+            automatic_refunds.open_refund(
+                context.conn, order_id=order_id, amount=300, currency="USD", note="automatic: test"
+            )
+            assert queued(broker, "refunds") == []  # not before the commit
+        return {"opened": 1}
+
+    test_sweep = sweeps.Sweep("test_sweep", command="t", actor="t", help="", run=opens_a_refund, every=MINUTE)
+    with psycopg.connect(settings.database_url) as own:
+        assert sweeps.run(test_sweep, sweeps.Context(own, settings, None)) == {"opened": 1}
+
+    refund_id = row(conn, "SELECT id FROM refunds")["id"]
+    assert queued(broker, "refunds") == [("send_one_automatic_refund", (str(refund_id),))]
+
+
+def queued(broker: dramatiq.Broker, queue: str) -> list[tuple[str, tuple[Any, ...]]]:
+    raw = broker.client.hvals(f"dramatiq:{queue}.msgs")  # type: ignore[attr-defined]
+    return [(m.actor_name, tuple(m.args)) for m in map(dramatiq.Message.decode, raw)]
 
 
 def test_a_clock_that_cannot_reach_the_database_records_its_start_a_minute_later(

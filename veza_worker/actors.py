@@ -1,17 +1,18 @@
 """Dramatiq actors: thin entry points that open a connection and call the module that knows.
 
-One actor per delivery, and one per sweep of sweeps.SWEEPS.
+One actor per delivery, one per automatic refund to send, and one per sweep of sweeps.SWEEPS.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import timedelta
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from veza_worker import metrics, sweeps, webhooks
+from veza_worker import automatic_refunds, metrics, sweeps, webhooks
 from veza_worker.broker import resources
 
 log = logging.getLogger(__name__)
@@ -28,11 +29,28 @@ RETRY_WITHIN = timedelta(milliseconds=MAX_BACKOFF_MS) + timedelta(minutes=1)
 )
 def process_webhook(log_id: int) -> None:
     """Apply one stored delivery; running it twice changes nothing."""
-    with resources.pool.connection() as conn:
+    with resources.pool.connection() as conn, automatic_refunds.enqueue_after_commit(conn, _send_refund):
         result = webhooks.process(
             conn, log_id, resources.settings, final_attempt=_final_attempt(), retry_within=RETRY_WITHIN
         )
     metrics.webhook_result(result)
+
+
+def _send_refund(refund_id: uuid.UUID) -> None:
+    send_one_automatic_refund.send(str(refund_id))
+
+
+@dramatiq.actor(
+    queue_name="refunds", max_retries=MAX_RETRIES, min_backoff=MIN_BACKOFF_MS, max_backoff=MAX_BACKOFF_MS
+)
+def send_one_automatic_refund(refund_id: str) -> None:
+    """Send one automatic refund as soon as it is committed; the automatic_refunds sweep is the
+    fallback (a lost message, an ambiguous answer), and a send that finds it sent does nothing."""
+    if resources.client is None:
+        log.warning("automatic refund %s left for the sweep: payment provider not configured", refund_id)
+        return
+    with resources.pool.connection() as conn:
+        automatic_refunds.send(conn, resources.client, uuid.UUID(refund_id))
 
 
 def _sweep_actor(sweep: sweeps.Sweep) -> dramatiq.Actor[[], None]:

@@ -1,10 +1,12 @@
-"""The automatic-refund outbox: money we must give back, sent after the change that owes it commits.
+"""The automatic-refund outbox: money we must give back, sent as soon as the change that owes it commits.
 
 A handler that finds money we must not keep (a late success for a failed order or invoice, a
-partial capture) calls `open_refund` in its own transaction: the refund row is the outbox, which
-the sweep (`send_unsent`) sends after the commit. A send holds the row (FOR UPDATE SKIP LOCKED)
-across its PSP call and marks it submitted in the same transaction, and every try sends the same
-refund_id, so two senders at once never refund twice. The PSP's final word (`settle`) changes the refund row
+partial capture) calls `open_refund` in its own transaction: the refund row is the outbox. The
+entry point that ran the handler enqueues `send` for it once that transaction has committed
+(`enqueue_after_commit`); the `automatic_refunds` sweep (`send_unsent`) sends what that missed: a
+lost message, a PSP that was down. A send holds the row (FOR UPDATE SKIP LOCKED) across its PSP
+call and marks it submitted in the same transaction, and every try sends the same refund_id, so
+two senders at once never refund twice. The PSP's final word (`settle`) changes the refund row
 alone: no order, balance or license moves.
 """
 
@@ -12,9 +14,13 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg.pq import TransactionStatus
 from psycopg.rows import class_row
 
 from veza_worker import db, errors, hyperswitch
@@ -24,6 +30,9 @@ QUERIES = db.load_queries(__name__)
 
 BATCH = 50
 OUTCOMES = ("sent", "rejected", "ambiguous")
+# The refunds opened inside the current `enqueue_after_commit` block; None outside one (a test, a
+# CLI command), where the sweep sends them.
+_opened: ContextVar[list[uuid.UUID] | None] = ContextVar("automatic_refunds_opened", default=None)
 
 
 @dataclass(frozen=True)
@@ -53,8 +62,8 @@ def open_refund(
     invoice_id: uuid.UUID | None = None,
     order_id: uuid.UUID | None = None,
 ) -> bool:
-    """Record, in the caller's transaction, a full refund nobody asked for; the outbox sends it
-    after the commit. False when the order or invoice already has one."""
+    """Record, in the caller's transaction, a full refund nobody asked for; it is sent once that
+    transaction has committed. False when the order or invoice already has one."""
     refund_id = uuid.uuid4()
     params = {
         "id": refund_id,
@@ -65,7 +74,44 @@ def open_refund(
         "note": note,
         "hyperswitch_refund_id": hyperswitch.merchant_id("ref", refund_id),
     }
-    return conn.execute(QUERIES["insert_automatic_refund"], params).fetchone() is not None
+    if conn.execute(QUERIES["insert_automatic_refund"], params).fetchone() is None:
+        return False
+    opened = _opened.get()
+    if opened is not None:
+        opened.append(refund_id)
+    return True
+
+
+@contextmanager
+def enqueue_after_commit(conn: db.Connection, enqueue: Callable[[uuid.UUID], Any]) -> Iterator[None]:
+    """Around work that opens automatic refunds in transactions of its own: when it is over, enqueue
+    each refund those transactions committed. Never sooner: a sender that ran before the commit
+    would find no row, and the refund would wait for the sweep. A block that raises enqueues
+    nothing; the sweep sends whatever it committed."""
+    opened: list[uuid.UUID] = []
+    token = _opened.set(opened)
+    try:
+        yield
+    finally:
+        _opened.reset(token)
+    if opened:
+        for refund_id in _committed(conn, opened):
+            _enqueue(enqueue, refund_id)
+
+
+def _committed(conn: db.Connection, refund_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    """The refunds that exist now: outside any transaction, a read sees only what was committed."""
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        raise RuntimeError("automatic refunds are enqueued after their transaction ends, not inside it")
+    with conn.transaction():
+        return [row[0] for row in conn.execute(QUERIES["committed_unsent"], {"ids": refund_ids})]
+
+
+def _enqueue(enqueue: Callable[[uuid.UUID], Any], refund_id: uuid.UUID) -> None:
+    try:
+        enqueue(refund_id)
+    except Exception as exc:  # Redis away: the row is committed, so the sweep sends it
+        log.warning("automatic refund %s not enqueued, left for the sweep: %r", refund_id, exc)
 
 
 # -- sending ----------------------------------------------------------------------------------------

@@ -8,6 +8,14 @@ VALUES (%(id)s, %(order_id)s, %(invoice_id)s, NULL, %(amount)s, %(currency)s, 'r
     ON CONFLICT DO NOTHING
 RETURNING id;
 
+-- committed_unsent --
+-- Which of these refunds exist and wait to be sent: run after the opening transaction ended, it
+-- sees only what that transaction committed.
+SELECT id
+  FROM refunds
+ WHERE id = ANY(%(ids)s::uuid[])
+   AND status = 'pending' AND submitted_at IS NULL AND automatic;
+
 -- unsent_automatic_refunds --
 -- The refund outbox: automatic refunds not yet sent, oldest first (refunds_unsent_automatic_idx).
 SELECT id

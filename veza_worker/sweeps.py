@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -176,8 +177,10 @@ def enabled(settings: Settings) -> list[Sweep]:
 
 
 def run(sweep: Sweep, context: Context) -> dict[str, Any]:
-    """Run a sweep now, recorded in sweep_runs: started, finished, its counts or its error."""
-    return _recorded(context.conn, sweep.name, lambda: sweep.run(context))
+    """Run a sweep now, recorded in sweep_runs: started, finished, its counts or its error.
+    Automatic refunds it opened are enqueued once their transactions have committed."""
+    with automatic_refunds.enqueue_after_commit(context.conn, _send_refund):
+        return _recorded(context.conn, sweep.name, lambda: sweep.run(context))
 
 
 def _recorded(conn: db.Connection, name: str, sweep: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -197,6 +200,12 @@ def _recorded(conn: db.Connection, name: str, sweep: Callable[[], dict[str, Any]
     with conn.transaction():
         conn.execute(QUERIES["finish_run"], {"id": run_id, "counts": Jsonb(counts), "error": None})
     return counts
+
+
+def _send_refund(refund_id: uuid.UUID) -> None:
+    from veza_worker import actors  # the broker, only once a sweep opened a refund
+
+    actors.send_one_automatic_refund.send(str(refund_id))
 
 
 # -- when one is overdue ----------------------------------------------------------------------------
