@@ -55,9 +55,7 @@ class Sweep:
     run: Callable[[Context], dict[str, Any]]
     every: timedelta | str  # a fixed interval, or the Settings field that holds it
     cron: str | None = None  # a crontab line (UTC) the clock follows instead; `every` still sets overdue
-    enabled_by: str | None = (
-        None  # a boolean Settings field: when false, no clock runs it and none expects it
-    )
+    enabled_by: str | None = None  # a boolean Settings field: false, no clock runs it, none expects it
     needs_psp: bool = False  # without a PSP the actor skips it (WARNING) and the command exits 1
     time_limit: timedelta = timedelta(minutes=10)  # Dramatiq's default
 
