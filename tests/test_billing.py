@@ -23,7 +23,7 @@ import pytest
 from tests.factories import OwnConnections, make_plan
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, revoke_mandate, settle_payment
 from tests.support import PSP_API_KEY, at_once, join, log_rows, process, row, rows, run_cli, store_event
-from veza_worker import billing, errors, hyperswitch, reconcile, refunds, subscriptions
+from veza_worker import automatic_refunds, billing, errors, hyperswitch, reconcile, subscriptions
 from veza_worker.settings import Settings
 
 DAY = timedelta(days=1)
@@ -711,7 +711,7 @@ def test_a_renewal_paid_after_the_subscription_was_canceled_is_refunded_automati
 
     payment = settle_payment(fake, renewal["payment_id"], "succeeded")  # the bank said yes after all
     assert process(settings, store_event(conn, "payment_succeeded", payment)) == "ok"
-    assert refunds.send_automatic(conn, client) == {"sent": 1, "rejected": 0, "ambiguous": 0}
+    assert automatic_refunds.send_unsent(conn, client) == {"sent": 1, "rejected": 0, "ambiguous": 0}
 
     refund = row(conn, "SELECT * FROM refunds")
     assert refund["invoice_id"] == renewal["id"] and refund["submitted_at"] is not None
@@ -783,7 +783,7 @@ def test_an_automatic_invoice_refund_whose_webhook_was_lost_is_settled_by_the_re
     fake.payments[out["payment_id"]]["status"] = "requires_payment_method"
     payment = settle_payment(fake, out["payment_id"], "succeeded")  # ...which the bank took anyway
     assert process(settings, store_event(conn, "payment_succeeded", payment)) == "ok"
-    refunds.send_automatic(conn, client)
+    automatic_refunds.send_unsent(conn, client)
     psp_id = row(conn, "SELECT hyperswitch_refund_id FROM refunds")["hyperswitch_refund_id"]
     fake.refunds[psp_id]["status"] = "succeeded"  # its webhook never comes
     conn.execute("UPDATE refunds SET submitted_at = now() - interval '1 hour'")
