@@ -15,9 +15,18 @@ import dramatiq
 import psycopg
 import pytest
 
-from tests.support import PSP_API_KEY
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, settle_payment, webhook_body
-from tests.support import at_once, make_order, post_webhook, process, row, rows, store_event, wait_for
+from tests.support import (
+    PSP_API_KEY,
+    at_once,
+    make_order,
+    post_webhook,
+    process,
+    row,
+    rows,
+    store_event,
+    wait_for,
+)
 from veza_worker import automatic_refunds, hyperswitch, orders
 from veza_worker.settings import Settings
 
