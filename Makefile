@@ -1,9 +1,14 @@
 # make run   — install, migrate, and run web + worker + clock against the local Postgres and Redis
-# make test  — install and run the test suite (real Postgres and Redis)
-# make check — format check, lint, types, then the tests (what CI runs)
+# make test  — install and run the test suite (real Postgres and Redis; installs pgbouncer)
+# make check — alert rules (installs promtool), format check, lint, types, then the tests (what CI runs)
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
+
+# $(call debian,COMMAND,PACKAGE): install Debian's PACKAGE unless COMMAND is already there (on the
+# PATH or in /usr/sbin, where pgbouncer lives), as .ci/services-up installs Postgres and Redis.
+debian = command -v $(1) >/dev/null || [ -x /usr/sbin/$(1) ] || (apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2) >/dev/null)
 
 .PHONY: install services run test lint check bench bench-renew bench-sweeps bench-worker
 
@@ -23,12 +28,15 @@ run: install services
 	HYPERSWITCH_WEBHOOK_SECRET="$${HYPERSWITCH_WEBHOOK_SECRET:-dev_webhook_secret}" \
 	$(BIN)/honcho start -f Procfile -p "$${PORT:-8000}" web worker clock
 
+# pgbouncer: tests/test_pgbouncer.py runs the receiver, a worker and migrate through it.
 test: install services
+	$(call debian,pgbouncer,pgbouncer)
 	$(BIN)/pytest
 
+# promtool (Debian's prometheus package) checks the alert rules ops/ ships.
 lint: install
-	if command -v promtool >/dev/null; then promtool check rules ops/alerts.yml; \
-	else echo "promtool not installed (apt-get install prometheus): ops/alerts.yml not checked"; fi
+	$(call debian,promtool,prometheus)
+	promtool check rules ops/alerts.yml
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -36,14 +44,14 @@ lint: install
 check: lint test
 
 bench: install services
-	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(call debian,wrk,wrk)
 	$(BIN)/python bench/receiver
 
 bench-renew: install services
 	$(BIN)/python bench/renew
 
 bench-sweeps: install services
-	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(call debian,wrk,wrk)
 	$(BIN)/python bench/sweeps
 
 bench-worker: install services

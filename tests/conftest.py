@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fcntl
-import os
+import functools
 import tempfile
 import uuid
 import zlib
@@ -15,33 +15,25 @@ from typing import Any
 import dramatiq
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from receiver.app import create_app
+from tests import factories
 from tests.fake_hyperswitch import FakeHyperswitch, create_fake
-from tests.support import OLD_SECRET, SECRET, TEST_REDIS_URL, ServerThread
+from tests.support import OLD_SECRET, PSP_API_KEY, SECRET, TEST_REDIS_URL, ServerThread, admin, url_for
 from veza_worker import db, hyperswitch
 from veza_worker.broker import broker as global_broker
 from veza_worker.settings import Settings
 
-SERVER_URL = os.environ.get("VEZA_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def admin(query: str, *names: str) -> None:
-    """Run a CREATE/DROP DATABASE on the server, names quoted as identifiers."""
-    statement = sql.SQL(query).format(*map(sql.Identifier, names))
-    with psycopg.connect(SERVER_URL, autocommit=True) as conn:
-        conn.execute(statement)
-
-
-def url_for(name: str) -> str:
-    return make_conninfo(SERVER_URL, dbname=name)
+UNIT = Path(__file__).resolve().parent / "unit"  # tests of pure functions: no Postgres, no Redis
 
 
 @pytest.fixture(scope="session", autouse=True)
-def one_session_per_redis_db() -> Iterator[None]:
-    """Test sessions on one machine share the tests' Redis database: they take turns, not messages."""
+def one_session_per_redis_db(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Test sessions on one machine share the tests' Redis database: they take turns, not messages.
+    A session of unit tests alone uses neither service, so it takes no turn."""
+    if all(UNIT in Path(item.path).parents for item in request.session.items):
+        yield
+        return
     lock_path = Path(tempfile.gettempdir()) / f"veza-worker-tests-{zlib.crc32(TEST_REDIS_URL.encode())}.lock"
     with lock_path.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -103,7 +95,10 @@ def worker(
     started.stop()
 
 
-PSP_API_KEY = "snd_test_api_key_0123456789"
+@pytest.fixture
+def monthly(conn: psycopg.Connection[Any]) -> uuid.UUID:
+    """A monthly plan of 9.99 EUR, no trial."""
+    return factories.make_plan(conn, 999)
 
 
 @pytest.fixture
@@ -132,6 +127,12 @@ def client(psp: tuple[str, FakeHyperswitch]) -> Iterator[hyperswitch.Client]:
     psp_client = hyperswitch.Client(psp[0], PSP_API_KEY)
     yield psp_client
     psp_client.close()
+
+
+@pytest.fixture
+def own_connections(database_url: str, psp: tuple[str, FakeHyperswitch]) -> factories.OwnConnections:
+    """For a thread standing in for another process: `with own_connections() as (conn, client):`."""
+    return functools.partial(factories.own_connections, database_url, psp[0])
 
 
 @pytest.fixture

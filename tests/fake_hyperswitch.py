@@ -17,7 +17,7 @@ import json
 import os
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -104,8 +104,11 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-async def _guard(request: Request, fake: FakeHyperswitch, route: str) -> tuple[Any, Response | None]:
-    """Record the call, check the api-key, play a scripted failure; the parsed body or a response."""
+async def _guard(
+    request: Request, fake: FakeHyperswitch, route: str, schema: str | None = None
+) -> tuple[Any, Response | None]:
+    """Record the call, check the api-key, play a scripted failure, check the body against the
+    spec's `schema`; the parsed body, and the response that refuses it if any."""
     body = json.loads(await request.body() or b"null")
     fake.calls.append(Call(request.method, request.url.path, dict(request.headers), body, request.url.query))
     if request.headers.get("api-key") != fake.api_key:
@@ -117,7 +120,7 @@ async def _guard(request: Request, fake: FakeHyperswitch, route: str) -> tuple[A
     scripted = fake.failures.get(route)
     if scripted and not scripted[0].acted:
         return body, await _fail(scripted.pop(0))
-    return body, None
+    return body, None if schema is None else _invalid(fake, schema, body)
 
 
 async def _fail(failure: Failure) -> Response:
@@ -153,9 +156,9 @@ def _invalid(fake: FakeHyperswitch, schema: str, body: Any) -> Response | None:
 
 async def create_payment(request: Request) -> Response:
     fake: FakeHyperswitch = request.app.state.fake
-    body, refused = await _guard(request, fake, "POST /payments")
+    body, refused = await _guard(request, fake, "POST /payments", "PaymentsCreateRequest")
     if refused is None:
-        refused = _invalid(fake, "PaymentsCreateRequest", body) or _invalid_recurring(fake, body)
+        refused = _invalid_recurring(fake, body)
     if refused is not None:
         return refused
     payment_id = body.get("payment_id") or f"pay_{secrets.token_hex(13)}"
@@ -226,9 +229,7 @@ def _payment_event(status: str) -> str:
 
 async def cancel_payment(request: Request) -> Response:
     fake: FakeHyperswitch = request.app.state.fake
-    body, refused = await _guard(request, fake, "POST /payments/cancel")
-    if refused is None:
-        refused = _invalid(fake, "PaymentsCancelRequest", body)
+    body, refused = await _guard(request, fake, "POST /payments/cancel", "PaymentsCancelRequest")
     if refused is not None:
         return refused
     payment = fake.payments.get(request.path_params["payment_id"])
@@ -245,22 +246,9 @@ async def cancel_payment(request: Request) -> Response:
 FINAL = {"succeeded", "failed", "cancelled", "cancelled_post_capture", "partially_captured", "expired"}
 
 
-async def get_payment(request: Request) -> Response:
-    fake: FakeHyperswitch = request.app.state.fake
-    _, refused = await _guard(request, fake, "GET /payments")
-    if refused is not None:
-        return refused
-    payment = fake.payments.get(request.path_params["payment_id"])
-    if payment is None:
-        return _error(404, "HE_02", "Payment does not exist in our records")
-    return JSONResponse(payment)
-
-
 async def create_refund(request: Request) -> Response:
     fake: FakeHyperswitch = request.app.state.fake
-    body, refused = await _guard(request, fake, "POST /refunds")
-    if refused is None:
-        refused = _invalid(fake, "RefundRequest", body)
+    body, refused = await _guard(request, fake, "POST /refunds", "RefundRequest")
     if refused is not None:
         return refused
     payment = fake.payments.get(body["payment_id"])
@@ -310,17 +298,6 @@ def new_refund(
         "updated_at": _now(),
         "connector": "fauxpay",
     }
-
-
-async def get_refund(request: Request) -> Response:
-    fake: FakeHyperswitch = request.app.state.fake
-    _, refused = await _guard(request, fake, "GET /refunds")
-    if refused is not None:
-        return refused
-    refund = fake.refunds.get(request.path_params["refund_id"])
-    if refund is None:
-        return _error(404, "HE_02", "Refund does not exist in our records")
-    return JSONResponse(refund)
 
 
 # -- the fake's own controls: settle an object and send its webhook ------------------------------
@@ -459,17 +436,6 @@ def dispute(
     return current
 
 
-async def get_dispute(request: Request) -> Response:
-    fake: FakeHyperswitch = request.app.state.fake
-    _, refused = await _guard(request, fake, "GET /disputes")
-    if refused is not None:
-        return refused
-    found = fake.disputes.get(request.path_params["dispute_id"])
-    if found is None:
-        return _error(404, "HE_02", "Dispute does not exist in our records")
-    return JSONResponse(found)
-
-
 async def list_disputes(request: Request) -> Response:
     """A bare array; like the server's DisputeListGetConstraints, unknown query fields are refused."""
     fake: FakeHyperswitch = request.app.state.fake
@@ -542,6 +508,29 @@ async def _send_webhook(fake: FakeHyperswitch, event_type: str, obj: dict[str, A
     async with httpx.AsyncClient(timeout=30) as client:
         response = await client.post(fake.webhook_url, content=body, headers=headers)
     return response.status_code
+
+
+def _retrieve(
+    route: str, param: str, noun: str, objects: Callable[[FakeHyperswitch], dict[str, dict[str, Any]]]
+) -> Callable[[Request], Awaitable[Response]]:
+    """GET /payments/{payment_id} and the like: the object, or the server's 404 for an unknown id."""
+
+    async def retrieve(request: Request) -> Response:
+        fake: FakeHyperswitch = request.app.state.fake
+        _, refused = await _guard(request, fake, route)
+        if refused is not None:
+            return refused
+        found = objects(fake).get(request.path_params[param])
+        if found is None:
+            return _error(404, "HE_02", f"{noun} does not exist in our records")
+        return JSONResponse(found)
+
+    return retrieve
+
+
+get_payment = _retrieve("GET /payments", "payment_id", "Payment", lambda fake: fake.payments)
+get_refund = _retrieve("GET /refunds", "refund_id", "Refund", lambda fake: fake.refunds)
+get_dispute = _retrieve("GET /disputes", "dispute_id", "Dispute", lambda fake: fake.disputes)
 
 
 def create_fake(api_key: str, webhook_url: str | None = None, webhook_secret: str | None = None) -> Starlette:

@@ -18,6 +18,8 @@ import dramatiq
 import httpx
 import psycopg
 import uvicorn
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from tests.fake_hyperswitch import webhook_body
@@ -29,6 +31,19 @@ SAMPLES = Path(__file__).resolve().parent / "hyperswitch" / "samples"  # copied 
 VECTOR = json.loads((SAMPLES / "signature_vector.json").read_text())
 SECRET = VECTOR["payment_response_hash_key"]
 OLD_SECRET = "hsk_retiring_0000000000000000000000000000000000000000000000"
+PSP_API_KEY = "snd_test_api_key_0123456789"  # what the fake Hyperswitch of the `psp` fixture expects
+SERVER_URL = os.environ.get("VEZA_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def admin(query: str, *names: str) -> None:
+    """Run a CREATE/DROP DATABASE on the server, names quoted as identifiers."""
+    statement = sql.SQL(query).format(*map(sql.Identifier, names))
+    with psycopg.connect(SERVER_URL, autocommit=True) as conn:
+        conn.execute(statement)
+
+
+def url_for(name: str) -> str:
+    return make_conninfo(SERVER_URL, dbname=name)
 
 
 def join(broker: dramatiq.Broker, timeout_ms: int = 20_000) -> None:

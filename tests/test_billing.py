@@ -20,19 +20,13 @@ import dramatiq
 import psycopg
 import pytest
 
-from tests.conftest import PSP_API_KEY
+from tests.factories import OwnConnections, make_plan
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, revoke_mandate, settle_payment
-from tests.support import at_once, join, log_rows, process, row, rows, run_cli, store_event
-from tests.test_subscriptions import make_plan
-from veza_worker import billing, errors, hyperswitch, reconcile, refunds, subscriptions
+from tests.support import PSP_API_KEY, at_once, join, log_rows, process, row, rows, run_cli, store_event
+from veza_worker import automatic_refunds, billing, errors, hyperswitch, reconcile, subscriptions
 from veza_worker.settings import Settings
 
 DAY = timedelta(days=1)
-
-
-@pytest.fixture
-def monthly(conn: psycopg.Connection[Any]) -> uuid.UUID:
-    return make_plan(conn, 999)
 
 
 def paid_up(
@@ -407,24 +401,21 @@ def test_a_definitive_rejection_of_a_renewal_is_past_due(
 
 
 def test_two_renew_sweeps_at_once_charge_each_period_once(
-    database_url: str,
     conn: psycopg.Connection[Any],
-    psp: tuple[str, FakeHyperswitch],
     client: hyperswitch.Client,
+    fake: FakeHyperswitch,
     settings: Settings,
     monthly: uuid.UUID,
+    own_connections: OwnConnections,
 ) -> None:
-    url, fake = psp
     due = [paid_up(conn, client, fake, settings, monthly) for _ in range(12)]
     for subscription_id in due:
         to_period_end(conn, subscription_id)
     totals: list[dict[str, int]] = []
 
     def sweep() -> None:
-        own_client = hyperswitch.Client(url, PSP_API_KEY)
-        with psycopg.connect(database_url) as own:
+        with own_connections() as (own, own_client):
             totals.append(billing.renew(own, own_client, settings, batch_size=3))
-        own_client.close()
 
     at_once(*[sweep] * 3)
 
@@ -591,7 +582,7 @@ def test_cancelling_a_past_due_subscription_cancels_its_pending_payment_at_the_p
 
 
 def test_a_canceled_trial_is_never_invoiced(
-    conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, settings: Settings
+    conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch
 ) -> None:
     with_trial = make_plan(conn, 999, trial_days=7)
     out = subscriptions.subscribe(conn, client, uuid.uuid4(), with_trial)
@@ -606,30 +597,25 @@ def test_a_canceled_trial_is_never_invoiced(
 
 
 def test_renew_racing_cancel_never_keeps_money_for_a_canceled_period(
-    database_url: str,
     conn: psycopg.Connection[Any],
-    psp: tuple[str, FakeHyperswitch],
     client: hyperswitch.Client,
+    fake: FakeHyperswitch,
     settings: Settings,
     monthly: uuid.UUID,
+    own_connections: OwnConnections,
 ) -> None:
-    url, fake = psp
     due = [paid_up(conn, client, fake, settings, monthly) for _ in range(6)]
     for subscription_id in due:
         to_period_end(conn, subscription_id)
 
     def sweep() -> None:
-        own_client = hyperswitch.Client(url, PSP_API_KEY)
-        with psycopg.connect(database_url) as own:
+        with own_connections() as (own, own_client):
             billing.renew(own, own_client, settings, batch_size=1)
-        own_client.close()
 
     def cancel_all() -> None:
-        own_client = hyperswitch.Client(url, PSP_API_KEY)
-        with psycopg.connect(database_url) as own:
+        with own_connections() as (own, own_client):
             for subscription_id in due:
                 subscriptions.cancel(own, own_client, subscription_id, now=False)
-        own_client.close()
 
     at_once(sweep, cancel_all)
 
@@ -725,7 +711,7 @@ def test_a_renewal_paid_after_the_subscription_was_canceled_is_refunded_automati
 
     payment = settle_payment(fake, renewal["payment_id"], "succeeded")  # the bank said yes after all
     assert process(settings, store_event(conn, "payment_succeeded", payment)) == "ok"
-    assert refunds.send_automatic(conn, client) == {"sent": 1, "rejected": 0, "ambiguous": 0}
+    assert automatic_refunds.send_unsent(conn, client) == {"sent": 1, "rejected": 0, "ambiguous": 0}
 
     refund = row(conn, "SELECT * FROM refunds")
     assert refund["invoice_id"] == renewal["id"] and refund["submitted_at"] is not None
@@ -797,7 +783,7 @@ def test_an_automatic_invoice_refund_whose_webhook_was_lost_is_settled_by_the_re
     fake.payments[out["payment_id"]]["status"] = "requires_payment_method"
     payment = settle_payment(fake, out["payment_id"], "succeeded")  # ...which the bank took anyway
     assert process(settings, store_event(conn, "payment_succeeded", payment)) == "ok"
-    refunds.send_automatic(conn, client)
+    automatic_refunds.send_unsent(conn, client)
     psp_id = row(conn, "SELECT hyperswitch_refund_id FROM refunds")["hyperswitch_refund_id"]
     fake.refunds[psp_id]["status"] = "succeeded"  # its webhook never comes
     conn.execute("UPDATE refunds SET submitted_at = now() - interval '1 hour'")

@@ -9,20 +9,31 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.factories import (
+    BUYER,
+    REFUND_WINDOW,
+    SELLER_A,
+    SELLER_B,
+    make_plan,
+    psp_settles,
+    state,
+    three_items,
+)
 from tests.fake_hyperswitch import FakeHyperswitch, dispute, settle_payment
 from tests.support import SAMPLES, at_once, make_order, process, row, rows, run_cli, store, store_event
-from tests.test_refunds_by_item import SELLER_A, SELLER_B, psp_settles, state, three_items
-from tests.test_subscriptions import make_plan
 from veza_worker import errors, hyperswitch, reconcile, refunds, subscriptions
 from veza_worker.settings import Settings
-
-BUYER = uuid.UUID(int=0xB0B)
 
 
 def deliver(
     conn: psycopg.Connection[Any], settings: Settings, obj: dict[str, Any], status: str | None = None
 ) -> str | None:
     return process(settings, store_event(conn, status or obj["dispute_status"], dict(obj)))
+
+
+def moved(fake: FakeHyperswitch, opened: dict[str, Any], status: str) -> dict[str, Any]:
+    """The dispute `opened` started, moved to `status` at the PSP: the object its webhook carries."""
+    return dispute(fake, opened["payment_id"], status, dispute_id=opened["dispute_id"])
 
 
 def payment_of(conn: psycopg.Connection[Any], order_id: uuid.UUID) -> str:
@@ -72,20 +83,11 @@ def test_opened_then_won_holds_then_gives_back_exactly(
     for _ in range(3):
         assert deliver(conn, settings, opened) == "skipped: dispute already dispute_opened"
     with pytest.raises(errors.DomainError, match="order has a dispute"):
-        refunds.open_refund(
-            conn, order_id, BUYER, reason="duplicate", note=None, refund_window=refunds_window()
-        )
+        refunds.open_refund(conn, order_id, BUYER, reason="duplicate", note=None, refund_window=REFUND_WINDOW)
 
-    assert (
-        deliver(
-            conn,
-            settings,
-            dispute(fake, opened["payment_id"], "dispute_challenged", dispute_id=opened["dispute_id"]),
-        )
-        == "ok"
-    )
+    assert deliver(conn, settings, moved(fake, opened, "dispute_challenged")) == "ok"
     assert state(conn, order_id) == DISPUTED
-    won = dispute(fake, opened["payment_id"], "dispute_won", dispute_id=opened["dispute_id"])
+    won = moved(fake, opened, "dispute_won")
     assert deliver(conn, settings, won) == "ok"
     assert state(conn, order_id) == COMPLETED
     assert the_dispute(conn)["closed_at"] is not None
@@ -95,12 +97,6 @@ def test_opened_then_won_holds_then_gives_back_exactly(
     assert state(conn, order_id) == COMPLETED
 
 
-def refunds_window() -> Any:
-    from datetime import timedelta
-
-    return timedelta(days=14)
-
-
 def test_opened_then_lost_charges_back(
     conn: psycopg.Connection[Any], fake: FakeHyperswitch, settings: Settings
 ) -> None:
@@ -108,20 +104,11 @@ def test_opened_then_lost_charges_back(
     opened = dispute(fake, payment_of(conn, order_id), "dispute_opened")
     deliver(conn, settings, opened)
 
-    assert (
-        deliver(
-            conn,
-            settings,
-            dispute(fake, opened["payment_id"], "dispute_lost", dispute_id=opened["dispute_id"]),
-        )
-        == "ok"
-    )
+    assert deliver(conn, settings, moved(fake, opened, "dispute_lost")) == "ok"
 
     assert state(conn, order_id) == CHARGED_BACK
     with pytest.raises(errors.DomainError, match="order has a dispute"):
-        refunds.open_refund(
-            conn, order_id, BUYER, reason="duplicate", note=None, refund_window=refunds_window()
-        )
+        refunds.open_refund(conn, order_id, BUYER, reason="duplicate", note=None, refund_window=REFUND_WINDOW)
 
 
 @pytest.mark.parametrize("final", ["dispute_lost", "dispute_won"])
@@ -153,15 +140,13 @@ def test_a_win_gives_back_exactly_what_was_taken_even_from_a_seller_at_zero(
     debits = {r["seller_id"]: r["amount"] for r in rows(conn, "SELECT seller_id, amount FROM dispute_debits")}
     assert debits == {SELLER_A: 0, SELLER_B: 200}
 
-    deliver(
-        conn, settings, dispute(fake, opened["payment_id"], "dispute_won", dispute_id=opened["dispute_id"])
-    )
+    deliver(conn, settings, moved(fake, opened, "dispute_won"))
 
     assert state(conn, order_id)["balances"] == {SELLER_A: 0, SELLER_B: 200}  # nothing invented for A
 
 
 def test_two_workers_delivering_opened_and_lost_at_once(
-    database_url: str, conn: psycopg.Connection[Any], fake: FakeHyperswitch, settings: Settings
+    conn: psycopg.Connection[Any], fake: FakeHyperswitch, settings: Settings
 ) -> None:
     for _ in range(10):
         conn.execute(
@@ -190,7 +175,7 @@ def test_a_dispute_on_a_refunded_order_is_recorded_without_balance_effects(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     order_id = three_items(conn, settings, fake)
-    out = refunds.request(conn, client, order_id, BUYER, refund_window=refunds_window())
+    out = refunds.request(conn, client, order_id, BUYER, refund_window=REFUND_WINDOW)
     psp_settles(conn, settings, fake, out)
     before = state(conn, order_id)
 
@@ -250,12 +235,7 @@ def test_a_lost_dispute_on_a_subscription_payment_cancels_it(
 
     assert deliver(conn, settings, opened) == "ok"
     assert row(conn, "SELECT status FROM user_subscriptions")["status"] == "active"  # opened changes nothing
-    assert (
-        deliver(
-            conn, settings, dispute(fake, out["payment_id"], "dispute_lost", dispute_id=opened["dispute_id"])
-        )
-        == "ok"
-    )
+    assert deliver(conn, settings, moved(fake, opened, "dispute_lost")) == "ok"
 
     assert row(conn, "SELECT status FROM user_subscriptions")["status"] == "canceled"
     assert the_dispute(conn)["invoice_id"] is not None
@@ -293,7 +273,7 @@ def test_a_dispute_closed_while_its_webhook_was_lost_is_found_through_its_get(
     order_id = three_items(conn, settings, fake)
     opened = dispute(fake, payment_of(conn, order_id), "dispute_opened")
     deliver(conn, settings, opened)
-    dispute(fake, opened["payment_id"], "dispute_lost", dispute_id=opened["dispute_id"])  # webhook lost
+    moved(fake, opened, "dispute_lost")  # webhook lost
     fake.unlisted.add(opened["dispute_id"])  # and the list no longer shows it (older than its page)
 
     counts = reconcile.tick(conn, client, psp_settings)["disputes"]

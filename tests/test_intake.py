@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -76,20 +75,6 @@ def test_bodies_that_cannot_be_applied_end_with_a_final_result_and_no_retry(
     [row] = log_rows(conn)
     assert row["processing_result"] == result
     assert row["attempts"] == 0  # a final answer, not a failure
-
-
-def test_the_three_envelope_shapes_name_the_same_object() -> None:
-    obj = {"payment_id": "pay_1", "status": "succeeded", "amount": 100}
-    shapes = [
-        {"event_type": "payment_succeeded", "content": {"type": "payment_details", "object": obj}},
-        {"event_type": "payment_succeeded", "object": obj},
-        {"event_type": "payment_succeeded", **obj},
-    ]
-    parsed = [events.parse(json.dumps(shape).encode()) for shape in shapes]
-    assert {(e.event_type, e.data["payment_id"], e.data["amount"]) for e in parsed} == {
-        ("payment_succeeded", "pay_1", 100)
-    }
-    assert parsed[0].object_type == "payment_details"
 
 
 @pytest.fixture

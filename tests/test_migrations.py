@@ -10,8 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import admin, url_for
-from tests.support import at_once
+from tests.support import admin, at_once, url_for
 from veza_worker import db
 
 

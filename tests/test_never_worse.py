@@ -12,6 +12,7 @@ import dramatiq
 import psycopg
 import pytest
 
+from tests.factories import order_status, stuck_order
 from tests.fake_hyperswitch import Failure, FakeHyperswitch
 from tests.support import (
     SECRET,
@@ -26,7 +27,6 @@ from tests.support import (
     rows,
     store_event,
 )
-from tests.test_reconcile import order_status, stuck_order
 from veza_worker import hyperswitch, orders, reconcile
 from veza_worker.settings import Settings
 

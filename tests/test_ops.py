@@ -27,9 +27,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from receiver.app import create_app
-from tests.conftest import PSP_API_KEY
 from tests.fake_hyperswitch import FakeHyperswitch
 from tests.support import (
+    PSP_API_KEY,
     SECRET,
     TEST_REDIS_URL,
     ServerThread,
@@ -42,7 +42,7 @@ from tests.support import (
     run_cli,
     wait_for,
 )
-from veza_worker import events, hyperswitch, ops
+from veza_worker import events, hyperswitch, ops, sweeps
 from veza_worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,7 +174,7 @@ def worker_traffic(conn: psycopg.Connection[Any], receiver_url: str) -> None:
     conn.execute("UPDATE orders SET created_at = now() - interval '1 hour'")
     from veza_worker import actors
 
-    actors.reconcile.send()
+    actors.SWEEPS["reconcile"].send()
     wait_for(lambda: len([r for r in log_rows(conn) if r["processing_result"] != "queued"]) >= 6, timeout=30)
     wait_for(
         lambda: bool(
@@ -190,6 +190,7 @@ def test_a_dramatiq_worker_exposes_its_metrics_and_ours(
     psp: tuple[str, FakeHyperswitch],
     tmp_path: Path,
 ) -> None:
+    sweeps.record_clock_start(conn)  # the clock's metric exists once a clock started
     with dramatiq_worker(database_url, psp[0], tmp_path / "worker.log") as worker_metrics:
         worker_traffic(conn, web)
         worker_text = httpx.get(worker_metrics, timeout=5).text
@@ -220,10 +221,10 @@ def test_a_dramatiq_worker_exposes_its_metrics_and_ours(
 def test_every_sweep_records_its_runs_and_status_sees_a_dead_clock(
     conn: psycopg.Connection[Any], settings: Settings
 ) -> None:
-    for command in ("redrive", "cleanup", "trial-end", "renew"):
+    for command in ("redrive", "cleanup", "trial-end", "renew", "automatic-refunds"):
         assert run_cli(command, settings=settings).returncode == 0
     runs = rows(conn, "SELECT name, counts, error FROM sweep_runs ORDER BY id")
-    assert [r["name"] for r in runs] == ["redrive", "retention", "trial_end", "renew"]
+    assert [r["name"] for r in runs] == ["redrive", "retention", "trial_end", "renew", "automatic_refunds"]
     assert runs[0]["counts"] == {"redriven": 0} and all(r["error"] is None for r in runs)
 
     fine = run_cli("status", settings=settings, RECONCILE_WORKER_ENABLED="false")
@@ -236,16 +237,18 @@ def test_every_sweep_records_its_runs_and_status_sees_a_dead_clock(
         "needs_a_human",
         "subscriptions",
         "disputes",
+        "clock_started_at",
         "sweeps",
     }
     assert {name: s["overdue"] for name, s in document["sweeps"].items()} == dict.fromkeys(
-        ["redrive", "retention", "trial_end", "renew"], False
+        ["redrive", "retention", "trial_end", "renew", "automatic_refunds"], False
     )
 
     conn.execute(
         "UPDATE sweep_runs"
         " SET started_at = started_at - interval '1 hour', finished_at = finished_at - interval '1 hour'"
     )
+    conn.execute("INSERT INTO clock_start (first_started_at) VALUES (now() - interval '2 hours')")
     dead = run_cli("status", settings=settings, RECONCILE_WORKER_ENABLED="false")
     assert dead.returncode == 1
     assert "a sweep is overdue or rows need a human" in dead.stderr

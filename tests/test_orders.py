@@ -23,7 +23,7 @@ from tests.support import (
     store_event,
     wait_for,
 )
-from veza_worker import errors, hyperswitch, orders, refunds
+from veza_worker import automatic_refunds, errors, hyperswitch, orders
 from veza_worker.settings import Settings
 
 SELLER_A, SELLER_B = uuid.uuid4(), uuid.uuid4()
@@ -292,8 +292,8 @@ def test_an_automatic_refund_is_sent_by_the_outbox_and_its_success_moves_nothing
     late = settle_payment(fake, payment_id, "succeeded")
     process(settings, store_event(conn, "payment_succeeded", late))
 
-    assert refunds.send_automatic(conn, client) == {"sent": 1, "rejected": 0, "ambiguous": 0}
-    assert refunds.send_automatic(conn, client) == {"sent": 0, "rejected": 0, "ambiguous": 0}
+    assert automatic_refunds.send_unsent(conn, client) == {"sent": 1, "rejected": 0, "ambiguous": 0}
+    assert automatic_refunds.send_unsent(conn, client) == {"sent": 0, "rejected": 0, "ambiguous": 0}
 
     refund = row(conn, "SELECT * FROM refunds")
     [posted] = fake.calls_to("POST", "/refunds")

@@ -21,16 +21,15 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from receiver.app import create_app
-from tests.conftest import admin
 from tests.fake_hyperswitch import webhook_body
-from tests.support import ServerThread, at_once, join, log_rows, make_order, post_webhook, rows
+from tests.support import ServerThread, admin, at_once, join, log_rows, make_order, post_webhook, rows
 from veza_worker import db, hyperswitch
 from veza_worker.settings import Settings
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 pytestmark = pytest.mark.skipif(
     not os.path.exists(PGBOUNCER),
-    reason="pgbouncer is not installed (apt-get install pgbouncer; .ci/run does)",
+    reason="pgbouncer is not installed (make test installs it: apt-get install pgbouncer)",
 )
 
 

@@ -18,8 +18,17 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import admin, url_for
-from tests.support import SAMPLES, TEST_REDIS_URL, log_rows, make_order, post_webhook, row, wait_for
+from tests.support import (
+    SAMPLES,
+    TEST_REDIS_URL,
+    admin,
+    log_rows,
+    make_order,
+    post_webhook,
+    row,
+    url_for,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCFILE = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())

@@ -12,7 +12,7 @@ import dramatiq
 import psycopg
 import pytest
 
-from tests.conftest import PSP_API_KEY
+from tests.factories import SELLER, OwnConnections, order_status, stuck_order
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, settle_payment, settle_refund, webhook_body
 from tests.support import (
     at_once,
@@ -30,8 +30,6 @@ from tests.support import (
 from veza_worker import hyperswitch, reconcile, subscriptions
 from veza_worker.settings import Settings
 
-SELLER = uuid.uuid4()
-
 
 @pytest.fixture
 def tick(conn: psycopg.Connection[Any], client: hyperswitch.Client, psp_settings: Settings) -> Any:
@@ -41,34 +39,15 @@ def tick(conn: psycopg.Connection[Any], client: hyperswitch.Client, psp_settings
     return run
 
 
-def stuck_order(
-    conn: psycopg.Connection[Any],
-    client: hyperswitch.Client,
-    fake: FakeHyperswitch,
-    psp_status: str | None,
-    *,
-    age: str = "1 hour",
-) -> tuple[uuid.UUID, str]:
-    """A pending order that reached the PSP `age` ago; the PSP's payment is now `psp_status`."""
-    payment_id = hyperswitch.merchant_id("pay", uuid.uuid4())
-    order_id = make_order(conn, [(SELLER, 700), (SELLER, 300)], payment_id=payment_id)
-    conn.execute("UPDATE orders SET created_at = now() - %s::interval WHERE id = %s", [age, order_id])
-    if psp_status is not None:
-        client.create_payment(
-            payment_id=payment_id, amount=1000, currency="USD", idempotency_key="k", metadata={}
-        )
-        if psp_status != "requires_payment_method":
-            settle_payment(fake, payment_id, psp_status)
-    return order_id, payment_id
-
-
 def a_tick_later(conn: psycopg.Connection[Any]) -> None:
     """As if the last checks were a tick ago: past the reconciler's one-minute cool-down."""
     conn.execute("UPDATE reconcile_state SET last_checked_at = last_checked_at - interval '2 minutes'")
 
 
-def order_status(conn: psycopg.Connection[Any], order_id: uuid.UUID) -> str:
-    return str(row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"])
+NOTHING_CHECKED = {
+    phase: {"checked": 0}
+    for phase in ("orders", "refunds", "orphan_refunds", "invoice_refunds", "subscriptions", "disputes")
+}  # what a tick answers when no row is due
 
 
 def gets(fake: FakeHyperswitch) -> list[str]:
@@ -179,22 +158,19 @@ def test_rows_the_psp_keeps_pending_do_not_starve_newer_ones_and_need_a_human_af
 
 
 def test_two_ticks_in_parallel_check_each_row_once(
-    database_url: str,
     conn: psycopg.Connection[Any],
-    psp: tuple[str, FakeHyperswitch],
     client: hyperswitch.Client,
+    fake: FakeHyperswitch,
     psp_settings: Settings,
+    own_connections: OwnConnections,
 ) -> None:
-    url, fake = psp
     for _ in range(20):
         stuck_order(conn, client, fake, "processing")
     totals: list[int] = []
 
     def run() -> None:
-        own_client = hyperswitch.Client(url, PSP_API_KEY)
-        with psycopg.connect(database_url) as own:
+        with own_connections() as (own, own_client):
             totals.append(reconcile.tick(own, own_client, psp_settings)["orders"]["checked"])
-        own_client.close()
 
     at_once(*[run] * 3)
 
@@ -326,14 +302,7 @@ def test_an_orphan_refund_the_psp_holds_as_pending_becomes_an_ordinary_submitted
 
     refund = refund_row(conn, refund_id)
     assert refund["status"] == "pending" and refund["submitted_at"] is not None
-    assert tick() == {
-        "orders": {"checked": 0},
-        "refunds": {"checked": 0},
-        "orphan_refunds": {"checked": 0},
-        "invoice_refunds": {"checked": 0},
-        "subscriptions": {"checked": 0},
-        "disputes": {"checked": 0},
-    }
+    assert tick() == NOTHING_CHECKED
 
 
 def test_a_recent_orphan_is_left_alone(
@@ -418,14 +387,7 @@ def test_every_terminal_state_is_a_no_op(
         conn.execute("UPDATE subscription_invoices SET status = %s", [status])
         fake.calls.clear()
 
-        assert tick() == {
-            "orders": {"checked": 0},
-            "refunds": {"checked": 0},
-            "orphan_refunds": {"checked": 0},
-            "invoice_refunds": {"checked": 0},
-            "subscriptions": {"checked": 0},
-            "disputes": {"checked": 0},
-        }
+        assert tick() == NOTHING_CHECKED
         assert gets(fake) == []
 
 

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.conftest import PSP_API_KEY
+from tests.factories import OwnConnections
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, settle_payment, settle_refund, webhook_body
 from tests.support import (
     at_once,
@@ -198,23 +198,17 @@ def test_a_pending_refund_the_order_status_does_not_show_still_blocks_a_second_o
 
 
 def test_two_requests_at_once_open_one_refund(
-    database_url: str,
-    conn: psycopg.Connection[Any],
-    settings: Settings,
-    psp: tuple[str, FakeHyperswitch],
+    conn: psycopg.Connection[Any], settings: Settings, fake: FakeHyperswitch, own_connections: OwnConnections
 ) -> None:
-    url, fake = psp
     order_id = completed_order(conn, settings, fake)
     outcomes: list[str] = []
 
     def ask(by: uuid.UUID) -> None:
-        psp_client = hyperswitch.Client(url, PSP_API_KEY)
-        with psycopg.connect(database_url) as own:
+        with own_connections() as (own, psp_client):
             try:
                 outcomes.append(request(own, psp_client, order_id, by=by)["status"])
             except errors.DomainError as exc:
                 outcomes.append(str(exc))
-        psp_client.close()
 
     at_once(*[functools.partial(ask, by) for by in (BUYER, SELLER_A, SELLER_B, BUYER)])
 

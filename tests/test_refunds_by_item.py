@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -14,28 +13,20 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from tests.conftest import PSP_API_KEY
-from tests.fake_hyperswitch import FakeHyperswitch, refund_from_dashboard, settle_payment, settle_refund
+from tests.factories import (
+    BUYER,
+    REFUND_WINDOW,
+    SELLER_A,
+    SELLER_B,
+    OwnConnections,
+    psp_settles,
+    state,
+    three_items,
+)
+from tests.fake_hyperswitch import FakeHyperswitch, refund_from_dashboard, settle_refund
 from tests.support import at_once, make_order, process, row, rows, run_cli, store_event
 from veza_worker import errors, hyperswitch, refunds
 from veza_worker.settings import Settings
-
-BUYER = uuid.UUID(int=0xB0B)
-SELLER_A, SELLER_B = uuid.UUID(int=0xA), uuid.UUID(int=0xB)
-WINDOW = timedelta(days=14)
-
-
-def three_items(conn: psycopg.Connection[Any], settings: Settings, fake: FakeHyperswitch) -> uuid.UUID:
-    """A completed order: two items from seller A (500, 300), one from seller B (200)."""
-    payment_id = hyperswitch.merchant_id("pay", uuid.uuid4())
-    order_id = make_order(
-        conn, [(SELLER_A, 500), (SELLER_A, 300), (SELLER_B, 200)], buyer_id=BUYER, payment_id=payment_id
-    )
-    paid = {"payment_id": payment_id, "status": "succeeded", "amount": 1000, "currency": "USD"}
-    fake.payments[payment_id] = {**paid, "client_secret": "cs", "metadata": {}}
-    settle_payment(fake, payment_id, "succeeded")
-    assert process(settings, store_event(conn, "payment_succeeded", fake.payments[payment_id])) == "ok"
-    return order_id
 
 
 def item_ids(conn: psycopg.Connection[Any], order_id: uuid.UUID) -> dict[int, uuid.UUID]:
@@ -53,49 +44,7 @@ def ask(
     items: list[uuid.UUID] | None = None,
     by: uuid.UUID = BUYER,
 ) -> dict[str, Any]:
-    return refunds.request(conn, client, order_id, by, items=items, refund_window=WINDOW)
-
-
-def psp_settles(
-    conn: psycopg.Connection[Any],
-    settings: Settings,
-    fake: FakeHyperswitch,
-    out: dict[str, Any],
-    outcome: str = "succeeded",
-) -> int:
-    """The bank answers; its webhook is applied. Returns the log id (to replay it)."""
-    refund = settle_refund(
-        fake, out["hyperswitch_refund_id"], outcome, None if outcome == "succeeded" else "declined"
-    )
-    log_id = store_event(conn, f"refund_{outcome}", dict(refund))
-    assert process(settings, log_id) == "ok"
-    return log_id
-
-
-def state(conn: psycopg.Connection[Any], order_id: uuid.UUID) -> dict[str, Any]:
-    """Everything a refund moves, in one comparable value."""
-    order = row(conn, "SELECT status, refunded_amount FROM orders WHERE id = %s", order_id)
-    return {
-        "order": (order["status"], order["refunded_amount"]),
-        "balances": {
-            r["seller_id"]: r["balance"] for r in rows(conn, "SELECT seller_id, balance FROM seller_balances")
-        },
-        "live_licenses": sorted(
-            r["amount"]
-            for r in rows(
-                conn,
-                "SELECT i.amount FROM licenses l JOIN order_items i ON i.id = l.order_item_id"
-                " WHERE l.order_id = %s AND l.revoked_at IS NULL",
-                order_id,
-            )
-        ),
-        "transfers": sorted(
-            ((r["seller_id"] == SELLER_A and "A") or "B", r["status"], r["amount"])
-            for r in rows(
-                conn, "SELECT seller_id, status, amount FROM seller_transfers WHERE order_id = %s", order_id
-            )
-        ),
-    }
+    return refunds.request(conn, client, order_id, by, items=items, refund_window=REFUND_WINDOW)
 
 
 def test_one_item_then_the_other_two_each_exact_and_replays_change_nothing(
@@ -168,25 +117,22 @@ def test_phase_one_rejections(
 
 
 def test_two_partial_refunds_at_once_one_wins_and_a_failed_ones_items_can_be_asked_again(
-    database_url: str,
     conn: psycopg.Connection[Any],
-    psp: tuple[str, FakeHyperswitch],
     client: hyperswitch.Client,
+    fake: FakeHyperswitch,
     settings: Settings,
+    own_connections: OwnConnections,
 ) -> None:
-    url, fake = psp
     order_id = three_items(conn, settings, fake)
     items = item_ids(conn, order_id)
     outcomes: list[Any] = []
 
     def refund(item: uuid.UUID) -> None:
-        own = hyperswitch.Client(url, PSP_API_KEY)
-        with psycopg.connect(database_url) as own_conn:
+        with own_connections() as (own_conn, own):
             try:
                 outcomes.append(ask(own_conn, own, order_id, [item]))
             except errors.DomainError as exc:
                 outcomes.append(str(exc))
-        own.close()
 
     at_once(lambda: refund(items[500]), lambda: refund(items[300]))
 
@@ -202,7 +148,6 @@ def test_two_partial_refunds_at_once_one_wins_and_a_failed_ones_items_can_be_ask
 
 def test_the_psp_refusing_an_over_refund_fails_the_refund_with_its_message(
     conn: psycopg.Connection[Any],
-    client: hyperswitch.Client,
     fake: FakeHyperswitch,
     settings: Settings,
     psp_settings: Settings,
@@ -223,7 +168,6 @@ def test_the_psp_refusing_an_over_refund_fails_the_refund_with_its_message(
 
 def test_the_refund_command_takes_items(
     conn: psycopg.Connection[Any],
-    client: hyperswitch.Client,
     fake: FakeHyperswitch,
     settings: Settings,
     psp_settings: Settings,

@@ -15,7 +15,7 @@ from typing import Any, LiteralString
 import psycopg
 import pytest
 
-from tests.conftest import admin, url_for
+from tests.support import admin, url_for
 from veza_worker import billing, reconcile, retention, webhooks
 
 ROWS = 200_000

@@ -11,7 +11,7 @@ import dramatiq
 import psycopg
 import pytest
 
-from tests.conftest import PSP_API_KEY
+from tests.factories import OwnConnections, make_plan
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, webhook_body
 from tests.support import at_once, join, log_rows, post_webhook, process, row, rows, run_cli, store_event
 from veza_worker import billing, errors, hyperswitch, subscriptions
@@ -20,31 +20,9 @@ from veza_worker.settings import Settings
 USER = uuid.uuid4()
 
 
-def make_plan(
-    conn: psycopg.Connection[Any],
-    amount: int,
-    *,
-    interval: str = "month",
-    trial_days: int = 0,
-    currency: str = "EUR",
-) -> uuid.UUID:
-    plan_id = uuid.uuid4()
-    conn.execute(
-        "INSERT INTO subscription_plans (id, name, amount, currency, interval, trial_days)"
-        " VALUES (%s, %s, %s, %s, %s, %s)",
-        [plan_id, f"plan {amount}", amount, currency, interval, trial_days],
-    )
-    return plan_id
-
-
 @pytest.fixture
 def free(conn: psycopg.Connection[Any]) -> uuid.UUID:
     return make_plan(conn, 0)
-
-
-@pytest.fixture
-def monthly(conn: psycopg.Connection[Any]) -> uuid.UUID:
-    return make_plan(conn, 999)
 
 
 @pytest.fixture
@@ -207,16 +185,13 @@ def test_after_an_ambiguous_create_subscribe_again_recovers_the_same_payment(
 
 
 def test_two_subscribes_at_once_create_one_subscription_and_one_charge(
-    database_url: str, conn: psycopg.Connection[Any], psp: tuple[str, FakeHyperswitch], monthly: uuid.UUID
+    conn: psycopg.Connection[Any], fake: FakeHyperswitch, monthly: uuid.UUID, own_connections: OwnConnections
 ) -> None:
-    url, fake = psp
     outcomes: list[Any] = []
 
     def subscribe() -> None:
-        own_client = hyperswitch.Client(url, PSP_API_KEY)
-        with psycopg.connect(database_url) as own:
+        with own_connections() as (own, own_client):
             outcomes.append(subscriptions.subscribe(own, own_client, USER, monthly))
-        own_client.close()
 
     at_once(*[subscribe] * 4)
 
@@ -440,17 +415,17 @@ def test_trial_end_moves_ended_trials_in_batches_and_charges_each_once(
 
 
 def test_two_trial_end_sweeps_at_once_never_invoice_twice(
-    database_url: str, conn: psycopg.Connection[Any], psp: tuple[str, FakeHyperswitch], with_trial: uuid.UUID
+    conn: psycopg.Connection[Any],
+    fake: FakeHyperswitch,
+    with_trial: uuid.UUID,
+    own_connections: OwnConnections,
 ) -> None:
-    url, fake = psp
     start_trials(conn, with_trial, 12)
     totals: list[dict[str, int]] = []
 
     def sweep() -> None:
-        own_client = hyperswitch.Client(url, PSP_API_KEY)
-        with psycopg.connect(database_url) as own:
+        with own_connections() as (own, own_client):
             totals.append(billing.end_trials(own, own_client, batch_size=2))
-        own_client.close()
 
     at_once(*[sweep] * 3)
 

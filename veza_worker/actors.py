@@ -1,15 +1,18 @@
-"""Dramatiq actors: thin entry points that open a connection and call the module that knows."""
+"""Dramatiq actors: thin entry points that open a connection and call the module that knows.
+
+One actor per delivery, one per automatic refund to send, and one per sweep of sweeps.SWEEPS.
+"""
 
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import timedelta
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from veza_worker import billing, metrics, ops, refunds, retention, webhooks
-from veza_worker import reconcile as reconciler
+from veza_worker import automatic_refunds, metrics, sweeps, webhooks
 from veza_worker.broker import resources
 
 log = logging.getLogger(__name__)
@@ -26,60 +29,50 @@ RETRY_WITHIN = timedelta(milliseconds=MAX_BACKOFF_MS) + timedelta(minutes=1)
 )
 def process_webhook(log_id: int) -> None:
     """Apply one stored delivery; running it twice changes nothing."""
-    with resources.pool.connection() as conn:
+    with resources.pool.connection() as conn, automatic_refunds.enqueue_after_commit(conn, _send_refund):
         result = webhooks.process(
             conn, log_id, resources.settings, final_attempt=_final_attempt(), retry_within=RETRY_WITHIN
         )
     metrics.webhook_result(result)
 
 
-@dramatiq.actor(queue_name="sweeps", max_retries=0)
-def redrive_webhooks() -> None:
-    """Enqueue again the outbox rows no worker finished."""
-    with resources.pool.connection() as conn:
-        ops.run_sweep(conn, "redrive", lambda: webhooks.redrive(conn, process_webhook.send))
+def _send_refund(refund_id: uuid.UUID) -> None:
+    send_one_automatic_refund.send(str(refund_id))
 
 
-@dramatiq.actor(queue_name="sweeps", max_retries=0, time_limit=3_600_000)
-def cleanup_webhook_log() -> None:
-    """Daily retention of the audit log."""
-    days = resources.settings.webhook_log_retention_days
-    with resources.pool.connection() as conn:
-        ops.run_sweep(conn, "retention", lambda: retention.cleanup(conn, timedelta(days=days)))
-
-
-@dramatiq.actor(queue_name="sweeps", max_retries=0, time_limit=3_600_000)
-def end_trials() -> None:
-    """Trials past their end → pending_payment, invoice, PSP payment."""
-    with resources.pool.connection() as conn:
-        ops.run_sweep(conn, "trial_end", lambda: billing.end_trials(conn, resources.client))
-
-
-@dramatiq.actor(queue_name="sweeps", max_retries=0, time_limit=3_600_000)
-def renew_subscriptions() -> None:
-    """Period-end cancels, renewals, dunning steps."""
-    with resources.pool.connection() as conn:
-        ops.run_sweep(conn, "renew", lambda: billing.renew(conn, resources.client, resources.settings))
-
-
-@dramatiq.actor(queue_name="sweeps", max_retries=0)
-def send_automatic_refunds() -> None:
-    """The refund outbox: automatic refunds of money we must not keep."""
+@dramatiq.actor(
+    queue_name="refunds", max_retries=MAX_RETRIES, min_backoff=MIN_BACKOFF_MS, max_backoff=MAX_BACKOFF_MS
+)
+def send_one_automatic_refund(refund_id: str) -> None:
+    """Send one automatic refund as soon as it is committed; the automatic_refunds sweep is the
+    fallback (a lost message, an ambiguous answer), and a send that finds it sent does nothing."""
     if resources.client is None:
+        log.warning("automatic refund %s left for the sweep: payment provider not configured", refund_id)
         return
     with resources.pool.connection() as conn:
-        refunds.send_automatic(conn, resources.client)
+        automatic_refunds.send(conn, resources.client, uuid.UUID(refund_id))
 
 
-@dramatiq.actor(queue_name="sweeps", max_retries=0, time_limit=3_600_000)
-def reconcile() -> None:
-    """One reconciliation tick."""
-    if resources.client is None:
-        log.warning("reconcile skipped: payment provider not configured")
-        return
-    client = resources.client
-    with resources.pool.connection() as conn:
-        ops.run_sweep(conn, "reconcile", lambda: reconciler.tick(conn, client, resources.settings))
+def _sweep_actor(sweep: sweeps.Sweep) -> dramatiq.Actor[[], None]:
+    """The actor the clock sends for one sweep of the table."""
+
+    def run() -> None:
+        if sweep.needs_psp and resources.client is None:
+            log.warning("%s skipped: payment provider not configured", sweep.name)
+            return
+        with resources.pool.connection() as conn:
+            sweeps.run(sweep, sweeps.Context(conn, resources.settings, resources.client))
+
+    run.__doc__ = sweep.help
+    time_limit = int(sweep.time_limit.total_seconds() * 1000)
+    declare = dramatiq.actor(
+        actor_name=sweep.actor, queue_name="sweeps", max_retries=0, time_limit=time_limit
+    )
+    return declare(run)
+
+
+# One actor per sweep, by sweep name; the clock sends them.
+SWEEPS = {sweep.name: _sweep_actor(sweep) for sweep in sweeps.SWEEPS}
 
 
 def _final_attempt() -> bool:

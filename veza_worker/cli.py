@@ -8,13 +8,12 @@ import logging
 import sys
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import psycopg
 
 from veza_worker import (
-    billing,
     db,
     disputes,
     errors,
@@ -22,10 +21,9 @@ from veza_worker import (
     logs,
     ops,
     orders,
-    reconcile,
     refunds,
-    retention,
     subscriptions,
+    sweeps,
     webhooks,
 )
 from veza_worker.settings import Settings
@@ -44,11 +42,15 @@ def cmd_clock(args: argparse.Namespace, settings: Settings) -> Any:
     return {"stopped": True}
 
 
-def cmd_redrive(args: argparse.Namespace, settings: Settings) -> Any:
-    from veza_worker import actors
+def sweep_command(sweep: sweeps.Sweep) -> Command:
+    """`veza-worker <sweep command>`: one run now, recorded like the clock's, its counts printed."""
 
-    with db.connect(settings.database_url) as conn:
-        return ops.run_sweep(conn, "redrive", lambda: webhooks.redrive(conn, actors.process_webhook.send))
+    def run(args: argparse.Namespace, settings: Settings) -> Any:
+        client = hyperswitch.require(settings) if sweep.needs_psp else hyperswitch.from_settings(settings)
+        with db.connect(settings.database_url) as conn:
+            return sweeps.run(sweep, sweeps.Context(conn, settings, client))
+
+    return run
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> Any:
@@ -56,12 +58,6 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> Any:
 
     with db.connect(settings.database_url) as conn:
         return webhooks.replay(conn, args.log_ids, actors.process_webhook.send, force=args.force)
-
-
-def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> Any:
-    retention_days = timedelta(days=settings.webhook_log_retention_days)
-    with db.connect(settings.database_url) as conn:
-        return ops.run_sweep(conn, "retention", lambda: retention.cleanup(conn, retention_days))
 
 
 def cmd_confirm_order(args: argparse.Namespace, settings: Settings) -> Any:
@@ -85,12 +81,6 @@ def cmd_refund(args: argparse.Namespace, settings: Settings) -> Any:
         )
 
 
-def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> Any:
-    client = hyperswitch.require(settings)
-    with db.connect(settings.database_url) as conn:
-        return ops.run_sweep(conn, "reconcile", lambda: reconcile.tick(conn, client, settings))
-
-
 def cmd_subscribe(args: argparse.Namespace, settings: Settings) -> Any:
     with db.connect(settings.database_url) as conn:
         return subscriptions.subscribe(conn, hyperswitch.from_settings(settings), args.user_id, args.plan_id)
@@ -106,12 +96,6 @@ def cmd_subscription_status(args: argparse.Namespace, settings: Settings) -> Any
         return subscriptions.status(conn, args.user_id, settings.subscription_grace)
 
 
-def cmd_trial_end(args: argparse.Namespace, settings: Settings) -> Any:
-    client = hyperswitch.from_settings(settings)
-    with db.connect(settings.database_url) as conn:
-        return ops.run_sweep(conn, "trial_end", lambda: billing.end_trials(conn, client))
-
-
 def cmd_status(args: argparse.Namespace, settings: Settings) -> Any:
     with db.connect(settings.database_url) as conn:
         document, healthy = ops.status(conn, settings)
@@ -123,12 +107,6 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> Any:
 def cmd_disputes(args: argparse.Namespace, settings: Settings) -> Any:
     with db.connect(settings.database_url) as conn:
         return disputes.listing(conn, open_only=args.open)
-
-
-def cmd_renew(args: argparse.Namespace, settings: Settings) -> Any:
-    client = hyperswitch.from_settings(settings)
-    with db.connect(settings.database_url) as conn:
-        return ops.run_sweep(conn, "renew", lambda: billing.renew(conn, client, settings))
 
 
 def cmd_cancel_subscription(args: argparse.Namespace, settings: Settings) -> Any:
@@ -170,9 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("migrate", cmd_migrate, "create the database if needed and apply pending migrations")
     add("clock", cmd_clock, "run the scheduler that enqueues the periodic sweeps (blocks)")
-    add("redrive", cmd_redrive, "enqueue again webhook rows still queued after 2 minutes")
-    add("cleanup", cmd_cleanup, "one retention sweep of the webhook log now")
-    add("reconcile", cmd_reconcile, "one reconciliation tick now; prints per-phase counts")
+    for sweep in sweeps.SWEEPS:
+        add(sweep.command, sweep_command(sweep), sweep.help)
     replay = add("replay", cmd_replay, "enqueue stored deliveries again")
     replay.add_argument("log_ids", metavar="LOG_ID", type=int, nargs="+")
     replay.add_argument("--force", action="store_true", help="apply again rows that already have a result")
@@ -204,11 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("subscription_id", metavar="SUBSCRIPTION_ID", type=_uuid)
     gate = add("subscription-status", cmd_subscription_status, "the feature-gate view of a user")
     gate.add_argument("user_id", metavar="USER_ID", type=_uuid)
-    add("trial-end", cmd_trial_end, "one trial-end sweep now")
     add("status", cmd_status, "what on-call reads first; exit 1 when a sweep is overdue or rows need a human")
     listed = add("disputes", cmd_disputes, "the disputes, nearest challenge deadline first (JSON array)")
     listed.add_argument("--open", action="store_true", help="only disputes not closed yet")
-    add("renew", cmd_renew, "one renew sweep now: period-end cancels, renewals, dunning; prints counts")
     cancel = add("cancel-subscription", cmd_cancel_subscription, "cancel at period end (or --now)")
     cancel.add_argument("subscription_id", metavar="SUBSCRIPTION_ID", type=_uuid)
     cancel.add_argument("--now", action="store_true", help="end access now; a pending payment is cancelled")

@@ -1,51 +1,58 @@
-"""The clock dyno: APScheduler that only enqueues. The jobs' own locking makes a second clock harmless."""
+"""The clock dyno: APScheduler that only enqueues the sweeps of sweeps.SWEEPS, and records its first
+start. The sweeps' own locking makes a second clock harmless."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
 
+import psycopg
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from veza_worker import actors
+from veza_worker import actors, db, sweeps
 from veza_worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 def schedule(scheduler: Any, settings: Settings, *, scale: float = 1.0) -> None:
-    """Add every periodic job; `scale` shrinks the intervals (tests run a fast clock)."""
-    jobs = [
-        ("redrive", actors.redrive_webhooks, _every(timedelta(minutes=1), scale)),
-        ("trial_end", actors.end_trials, _every(timedelta(minutes=5), scale)),
-        ("renew", actors.renew_subscriptions, _every(timedelta(minutes=5), scale)),
-        ("automatic_refunds", actors.send_automatic_refunds, _every(timedelta(minutes=1), scale)),
-        ("retention", actors.cleanup_webhook_log, _daily(scale)),
-    ]
-    if settings.reconcile_worker_enabled:
-        jobs.append(("reconcile", actors.reconcile, _every(settings.reconcile_interval, scale)))
-    else:
-        log.info("clock: reconciliation disabled by RECONCILE_WORKER_ENABLED=false")
-    for job_id, actor, trigger in jobs:
+    """Add every enabled sweep of the table; `scale` shrinks the intervals (tests run a fast clock)."""
+    for sweep in sweeps.SWEEPS:
+        if not sweep.enabled(settings):
+            log.info("clock: %s not scheduled: %s=false", sweep.name, str(sweep.enabled_by).upper())
+            continue
+        trigger = _trigger(sweep, settings, scale)
         # coalesce + max_instances: a late clock sends one message, never a burst.
-        scheduler.add_job(actor.send, trigger, id=job_id, coalesce=True, max_instances=1)
-        log.info("clock scheduled %s: %s", job_id, trigger)
+        send = actors.SWEEPS[sweep.name].send
+        scheduler.add_job(send, trigger, id=sweep.name, name=sweep.name, coalesce=True, max_instances=1)
+        log.info("clock scheduled %s: %s", sweep.name, trigger)
 
 
-def _every(interval: timedelta, scale: float) -> IntervalTrigger:
-    return IntervalTrigger(seconds=max(interval.total_seconds() * scale, 0.05))
+def _trigger(sweep: sweeps.Sweep, settings: Settings, scale: float) -> Any:
+    if sweep.cron is not None and scale == 1.0:
+        return CronTrigger.from_crontab(sweep.cron, timezone="UTC")
+    return IntervalTrigger(seconds=max(sweep.interval(settings).total_seconds() * scale, 0.05))
 
 
-def _daily(scale: float) -> Any:
-    if scale == 1.0:
-        return CronTrigger(hour=3, minute=17)  # quiet hours, off the top of the hour
-    return _every(timedelta(days=1), scale)
+def record_start(scheduler: Any, settings: Settings) -> None:
+    """Record the clock's first start, from which a sweep that never ran counts as overdue. The
+    clock needs no database otherwise, so one that is down is tried again a minute later."""
+    try:
+        with db.connect(settings.database_url) as conn:
+            started = sweeps.record_clock_start(conn)
+    except psycopg.OperationalError as exc:
+        log.warning("clock start not recorded, trying again in a minute: %s", exc)
+        retry_at = datetime.now(UTC) + timedelta(minutes=1)
+        scheduler.add_job(record_start, DateTrigger(retry_at), args=[scheduler, settings])
+        return
+    log.info("clock first started at %s", started.isoformat())
 
 
 def run(settings: Settings) -> None:
@@ -61,5 +68,6 @@ def run(settings: Settings) -> None:
     scheduler = BackgroundScheduler(timezone="UTC")
     schedule(scheduler, settings)
     scheduler.start()
+    record_start(scheduler, settings)
     stopping.wait()
     scheduler.shutdown(wait=True)

@@ -149,3 +149,18 @@ class _Gauges:
         for sweep, when in values["last_success"].items():
             last.add_metric([sweep], when.timestamp() if when else 0)
         yield last
+        intervals = Gauge(
+            "veza_sweep_interval_seconds",
+            "How often the clock runs each enabled sweep; one is overdue after twice this.",
+            labels=["sweep"],
+        )
+        for sweep, every in values["sweep_intervals"].items():
+            intervals.add_metric([sweep], every.total_seconds())
+        yield intervals
+        started = values["clock_started_at"]
+        if started is not None:  # absent until a clock starts: the alert on absent() fires
+            yield Gauge(
+                "veza_clock_started_timestamp_seconds",
+                "When a clock first started; sweeps are overdue two intervals after it at the earliest.",
+                value=started.timestamp(),
+            )

@@ -1,4 +1,4 @@
-"""What ops see: each sweep's runs, the `status` document, and the gauges /metrics reads.
+"""What ops see: the `status` document, and the gauges /metrics reads.
 
 Every read here walks a partial index or a small table: its cost is what is stuck or waiting for
 a human, not what the tables hold, so a scrape every 15 s is cheap at millions of rows.
@@ -7,59 +7,18 @@ a human, not what the tables hold, so a scrape every 15 s is cheap at millions o
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import Any
 
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
-from veza_worker import db
+from veza_worker import db, sweeps
 from veza_worker.settings import Settings
 
 log = logging.getLogger(__name__)
 QUERIES = db.load_queries(__name__)
 
-T = TypeVar("T")
 SUBSCRIPTION_STATUSES = ("active", "trialing", "pending_payment", "past_due", "expired", "canceled")
-
-
-def intervals(settings: Settings) -> dict[str, timedelta]:
-    """How often the clock runs each sweep: one is overdue after twice its interval."""
-    return {
-        "reconcile": settings.reconcile_interval,
-        "redrive": timedelta(minutes=1),
-        "retention": timedelta(days=1),
-        "trial_end": timedelta(minutes=5),
-        "renew": timedelta(minutes=5),
-    }
-
-
-def run_sweep(conn: db.Connection, name: str, sweep: Callable[[], T]) -> T:
-    """Run a sweep and record it in sweep_runs: started, finished, its counts or its error."""
-    with conn.transaction():
-        row = conn.execute(QUERIES["start_run"], {"name": name}).fetchone()
-    assert row is not None
-    run_id = row[0]
-    try:
-        result = sweep()
-    except Exception as exc:
-        with conn.transaction():
-            conn.execute(
-                QUERIES["finish_run"],
-                {"id": run_id, "counts": None, "error": f"{type(exc).__name__}: {exc}"[:500]},
-            )
-        raise
-    with conn.transaction():
-        counts = Jsonb(result) if isinstance(result, dict) else None
-        conn.execute(QUERIES["finish_run"], {"id": run_id, "counts": counts, "error": None})
-        if name == "retention":
-            conn.execute(QUERIES["prune_runs"])
-    return result
-
-
-def last_successes(conn: db.Connection, names: list[str]) -> dict[str, datetime | None]:
-    return dict(conn.execute(QUERIES["last_successes"], {"names": names}).fetchall())
 
 
 def stuck(conn: db.Connection, settings: Settings) -> dict[str, int]:
@@ -92,7 +51,7 @@ def gauges(conn: db.Connection, settings: Settings) -> dict[str, Any]:
             "subscriptions": subscriptions_by_status(conn),
             "disputes_open": disputes[0],
             "dispute_nearest_deadline": disputes[1],
-            "last_success": last_successes(conn, list(intervals(settings))),
+            **sweeps.gauges(conn, settings),
         }
 
 
@@ -107,12 +66,7 @@ def status(conn: db.Connection, settings: Settings) -> tuple[dict[str, Any], boo
         results = conn.execute(QUERIES["results_last_hour"], {}).fetchone()
         disputes = conn.execute(QUERIES["disputes_open"]).fetchone()
         assert outbox is not None and results is not None and disputes is not None
-        last = last_successes(conn, list(intervals(settings)))
-        sweeps: dict[str, dict[str, Any]] = {
-            name: {"last_success": last[name], "overdue": _overdue(last[name], every, now)}
-            for name, every in intervals(settings).items()
-            if name != "reconcile" or settings.reconcile_worker_enabled
-        }
+        schedule = sweeps.status(conn, settings, now)
         document: dict[str, Any] = {
             "outbox": {"queued": outbox[0], "oldest_queued_seconds": round(outbox[1], 1)},
             "results_last_hour": dict(zip(("ok", "skipped", "error"), results, strict=True)),
@@ -120,11 +74,7 @@ def status(conn: db.Connection, settings: Settings) -> tuple[dict[str, Any], boo
             "needs_a_human": human,
             "subscriptions": subscriptions_by_status(conn),
             "disputes": {"open": disputes[0], "nearest_deadline": disputes[1]},
-            "sweeps": sweeps,
+            **schedule,
         }
-    healthy = not human and not any(s["overdue"] for s in sweeps.values())
+    healthy = not human and not any(s["overdue"] for s in schedule["sweeps"].values())
     return document, healthy
-
-
-def _overdue(last_success: datetime | None, every: timedelta, now: datetime) -> bool:
-    return last_success is None or now - last_success > 2 * every

@@ -14,7 +14,7 @@ from typing import Any
 
 from psycopg.rows import class_row
 
-from veza_worker import db, errors, events, hyperswitch, refunds
+from veza_worker import automatic_refunds, db, errors, events, hyperswitch
 
 log = logging.getLogger(__name__)
 QUERIES = db.load_queries(__name__)
@@ -127,7 +127,7 @@ def _fail(conn: db.Connection, order: Order, why: str) -> None:
 
 
 def _refund_automatically(conn: db.Connection, order: Order, amount: int, what: str) -> str:
-    opened = refunds.open_automatic(
+    opened = automatic_refunds.open_refund(
         conn, order_id=order.id, amount=amount, currency=order.currency, note=f"automatic: {what}"
     )
     if not opened:

@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row
 
-from veza_worker import db, errors, events, hyperswitch, orders
+from veza_worker import automatic_refunds, db, errors, events, hyperswitch, orders
 from veza_worker.events import Event
 from veza_worker.settings import Settings
 
@@ -285,7 +285,7 @@ def handle_refund(conn: db.Connection, event: Event, settings: Settings) -> str:
         return _adopt_or_wait(conn, psp_id, event)
     refund_id, order_id, automatic = found
     if automatic or order_id is None:  # money we gave back on our own: it moves no order or balance
-        return settle_automatic(conn, refund_id, _psp_status(event), event.data.get("error_message"))
+        return automatic_refunds.settle(conn, refund_id, _psp_status(event), event.data.get("error_message"))
     order = orders.lock(conn, order_id)
     refund = lock(conn, refund_id)
     assert order is not None and refund is not None
@@ -473,98 +473,3 @@ def _fail(conn: db.Connection, order: orders.Order, refund: Refund, message: str
 
 def _set_order_status(conn: db.Connection, order_id: uuid.UUID, status: str) -> None:
     conn.execute(QUERIES["set_order_status"], {"order_id": order_id, "status": status})
-
-
-# -- automatic refunds: money we must not keep ------------------------------------------------------
-
-
-def open_automatic(
-    conn: db.Connection,
-    *,
-    amount: int,
-    currency: str,
-    note: str,
-    invoice_id: uuid.UUID | None = None,
-    order_id: uuid.UUID | None = None,
-) -> bool:
-    """Record, in the caller's transaction, a full refund nobody asked for; the refund outbox
-    (`send_automatic`) sends it after the commit. False when the order or invoice already has one."""
-    refund_id = uuid.uuid4()
-    params = {
-        "id": refund_id,
-        "order_id": order_id,
-        "invoice_id": invoice_id,
-        "amount": amount,
-        "currency": currency,
-        "note": note,
-        "hyperswitch_refund_id": hyperswitch.merchant_id("ref", refund_id),
-    }
-    return conn.execute(QUERIES["insert_automatic_refund"], params).fetchone() is not None
-
-
-def send_automatic(conn: db.Connection, client: hyperswitch.Client, *, limit: int = 50) -> dict[str, int]:
-    """The refund outbox: POST every automatic refund not yet sent (same refund_id on a retry)."""
-    with conn.transaction():
-        ids = [r[0] for r in conn.execute(QUERIES["unsent_automatic_refunds"], {"limit": limit}).fetchall()]
-    counts = {"sent": 0, "rejected": 0, "ambiguous": 0}
-    for refund_id in ids:
-        outcome = _send_one_automatic(conn, client, refund_id)
-        if outcome is not None:
-            counts[outcome] += 1
-    return counts
-
-
-def _send_one_automatic(conn: db.Connection, client: hyperswitch.Client, refund_id: uuid.UUID) -> str | None:
-    with conn.transaction():
-        row = conn.execute(QUERIES["lock_unsent_refund"], {"refund_id": refund_id}).fetchone()
-        if row is None:
-            return None  # sent meanwhile, or another sweep holds it
-        _id, psp_id, amount, reason, note, payment_id, order_id, invoice_id = row
-        owner = {"order_id": str(order_id)} if order_id else {"invoice_id": str(invoice_id)}
-        try:
-            client.create_refund(
-                refund_id=psp_id,
-                payment_id=payment_id,
-                amount=amount,
-                reason=reason,
-                idempotency_key=str(refund_id),
-                metadata={**owner, "refund_id": str(refund_id), "note": note},
-            )
-        except errors.HyperswitchUnavailable as exc:
-            log.warning("automatic refund %s: create was ambiguous, sent again later: %s", psp_id, exc)
-            return "ambiguous"
-        except errors.HyperswitchRejected as exc:
-            log.error(
-                "automatic refund %s of payment %s rejected: %s: money kept, needs a human (%s)",
-                psp_id,
-                payment_id,
-                exc.message or exc.code,
-                f"order {order_id}" if order_id else f"invoice {invoice_id}",
-            )
-            conn.execute(
-                QUERIES["fail_refund"], {"refund_id": refund_id, "error_message": exc.message or exc.code}
-            )
-            return "rejected"
-        mark_submitted(conn, refund_id)
-        log.info("automatic refund %s of payment %s sent: %d", psp_id, payment_id, amount)
-        return "sent"
-
-
-def settle_automatic(conn: db.Connection, refund_id: uuid.UUID, status: str, error_message: Any) -> str:
-    """The PSP's final word on an automatic refund: the refund row alone changes."""
-    refund = lock(conn, refund_id)
-    assert refund is not None
-    if refund.status != "pending":
-        return f"skipped: refund already {refund.status}"
-    if status == "succeeded":
-        conn.execute(QUERIES["succeed_refund"], {"refund_id": refund.id})
-        log.info("automatic refund %s succeeded", refund.hyperswitch_refund_id)
-        return "ok"
-    if status == "failed":
-        message = error_message if isinstance(error_message, str) else "refund failed at the payment provider"
-        conn.execute(QUERIES["fail_refund"], {"refund_id": refund.id, "error_message": message})
-        log.error(
-            "automatic refund %s failed: %s: money kept, needs a human", refund.hyperswitch_refund_id, message
-        )
-        return "ok"
-    return f"skipped: refund status {status or 'missing'}"

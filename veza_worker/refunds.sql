@@ -138,32 +138,3 @@ INSERT INTO refunds (id, order_id, invoice_id, requested_by, amount, currency, r
 VALUES (%(id)s, %(order_id)s, %(invoice_id)s, NULL, %(amount)s, %(currency)s, %(reason)s,
         'made at the payment provider', %(status)s, %(hyperswitch_refund_id)s, %(error_message)s, now(),
         CASE WHEN %(status)s = 'succeeded' THEN now() END, CASE WHEN %(status)s = 'failed' THEN now() END);
-
--- insert_automatic_refund --
--- A refund nobody asked for (automatic, requested_by NULL): money we must not keep. An order or
--- an invoice is refunded automatically once, whatever replays.
-INSERT INTO refunds (id, order_id, invoice_id, requested_by, amount, currency, reason, note, status,
-                     hyperswitch_refund_id, automatic)
-VALUES (%(id)s, %(order_id)s, %(invoice_id)s, NULL, %(amount)s, %(currency)s, 'requested_by_customer',
-        %(note)s, 'pending', %(hyperswitch_refund_id)s, true)
-    ON CONFLICT DO NOTHING
-RETURNING id;
-
--- unsent_automatic_refunds --
--- The refund outbox: automatic refunds not yet sent, oldest first (refunds_unsent_automatic_idx).
-SELECT id
-  FROM refunds
- WHERE status = 'pending' AND submitted_at IS NULL AND automatic
- ORDER BY created_at
- LIMIT %(limit)s;
-
--- lock_unsent_refund --
--- One automatic refund to send, with the payment it refunds; skipped when another sweep holds it.
-SELECT r.id, r.hyperswitch_refund_id, r.amount, r.reason, r.note,
-       coalesce(o.payment_id, i.payment_id) AS payment_id, r.order_id, r.invoice_id
-  FROM refunds r
-  LEFT JOIN orders o ON o.id = r.order_id
-  LEFT JOIN subscription_invoices i ON i.id = r.invoice_id
- WHERE r.id = %(refund_id)s
-   AND r.status = 'pending' AND r.submitted_at IS NULL
-   FOR UPDATE OF r SKIP LOCKED;

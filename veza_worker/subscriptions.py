@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from psycopg.rows import class_row
 
-from veza_worker import db, errors, events, hyperswitch, refunds
+from veza_worker import automatic_refunds, db, errors, events, hyperswitch
 
 log = logging.getLogger(__name__)
 QUERIES = db.load_queries(__name__)
@@ -472,7 +472,7 @@ def _fail(conn: db.Connection, subscription: Subscription, invoice: Invoice) -> 
 
 def _refund_unwanted(conn: db.Connection, invoice: Invoice, amount: int, what: str) -> str:
     """No money kept for nothing: the whole captured amount goes back, automatically, once."""
-    opened = refunds.open_automatic(
+    opened = automatic_refunds.open_refund(
         conn,
         invoice_id=invoice.id,
         amount=amount,

@@ -1,0 +1,148 @@
+"""Factories more than one test module builds its scenarios from: plans, orders and their payments.
+
+A test module keeps the helpers only it uses; whatever two modules share lives here (rows) or in
+tests/support.py (constants, servers, reads), never in a test module: no test imports another one
+(tests/test_layout.py checks it).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+from tests.fake_hyperswitch import FakeHyperswitch, settle_payment, settle_refund
+from tests.support import PSP_API_KEY, make_order, process, row, rows, store_event
+from veza_worker import hyperswitch
+from veza_worker.settings import Settings
+
+BUYER = uuid.UUID(int=0xB0B)
+SELLER_A, SELLER_B = uuid.UUID(int=0xA), uuid.UUID(int=0xB)
+SELLER = uuid.uuid4()  # the one seller of a stuck order
+REFUND_WINDOW = timedelta(days=14)
+
+
+def make_plan(
+    conn: psycopg.Connection[Any],
+    amount: int,
+    *,
+    interval: str = "month",
+    trial_days: int = 0,
+    currency: str = "EUR",
+) -> uuid.UUID:
+    plan_id = uuid.uuid4()
+    conn.execute(
+        "INSERT INTO subscription_plans (id, name, amount, currency, interval, trial_days)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        [plan_id, f"plan {amount}", amount, currency, interval, trial_days],
+    )
+    return plan_id
+
+
+# -- a completed order of three items, two sellers ---------------------------------------------------
+
+
+def three_items(conn: psycopg.Connection[Any], settings: Settings, fake: FakeHyperswitch) -> uuid.UUID:
+    """A completed order: two items from seller A (500, 300), one from seller B (200)."""
+    payment_id = hyperswitch.merchant_id("pay", uuid.uuid4())
+    order_id = make_order(
+        conn, [(SELLER_A, 500), (SELLER_A, 300), (SELLER_B, 200)], buyer_id=BUYER, payment_id=payment_id
+    )
+    paid = {"payment_id": payment_id, "status": "succeeded", "amount": 1000, "currency": "USD"}
+    fake.payments[payment_id] = {**paid, "client_secret": "cs", "metadata": {}}
+    settle_payment(fake, payment_id, "succeeded")
+    assert process(settings, store_event(conn, "payment_succeeded", fake.payments[payment_id])) == "ok"
+    return order_id
+
+
+def psp_settles(
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    fake: FakeHyperswitch,
+    out: dict[str, Any],
+    outcome: str = "succeeded",
+) -> int:
+    """The bank answers; its webhook is applied. Returns the log id (to replay it)."""
+    refund = settle_refund(
+        fake, out["hyperswitch_refund_id"], outcome, None if outcome == "succeeded" else "declined"
+    )
+    log_id = store_event(conn, f"refund_{outcome}", dict(refund))
+    assert process(settings, log_id) == "ok"
+    return log_id
+
+
+def state(conn: psycopg.Connection[Any], order_id: uuid.UUID) -> dict[str, Any]:
+    """Everything a refund or a dispute moves, in one comparable value."""
+    order = row(conn, "SELECT status, refunded_amount FROM orders WHERE id = %s", order_id)
+    return {
+        "order": (order["status"], order["refunded_amount"]),
+        "balances": {
+            r["seller_id"]: r["balance"] for r in rows(conn, "SELECT seller_id, balance FROM seller_balances")
+        },
+        "live_licenses": sorted(
+            r["amount"]
+            for r in rows(
+                conn,
+                "SELECT i.amount FROM licenses l JOIN order_items i ON i.id = l.order_item_id"
+                " WHERE l.order_id = %s AND l.revoked_at IS NULL",
+                order_id,
+            )
+        ),
+        "transfers": sorted(
+            ((r["seller_id"] == SELLER_A and "A") or "B", r["status"], r["amount"])
+            for r in rows(
+                conn, "SELECT seller_id, status, amount FROM seller_transfers WHERE order_id = %s", order_id
+            )
+        ),
+    }
+
+
+# -- an order stuck waiting for its webhook ----------------------------------------------------------
+
+
+def stuck_order(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    psp_status: str | None,
+    *,
+    age: str = "1 hour",
+) -> tuple[uuid.UUID, str]:
+    """A pending order that reached the PSP `age` ago; the PSP's payment is now `psp_status`."""
+    payment_id = hyperswitch.merchant_id("pay", uuid.uuid4())
+    order_id = make_order(conn, [(SELLER, 700), (SELLER, 300)], payment_id=payment_id)
+    conn.execute("UPDATE orders SET created_at = now() - %s::interval WHERE id = %s", [age, order_id])
+    if psp_status is not None:
+        client.create_payment(
+            payment_id=payment_id, amount=1000, currency="USD", idempotency_key="k", metadata={}
+        )
+        if psp_status != "requires_payment_method":
+            settle_payment(fake, payment_id, psp_status)
+    return order_id, payment_id
+
+
+def order_status(conn: psycopg.Connection[Any], order_id: uuid.UUID) -> str:
+    return str(row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"])
+
+
+# -- a second process, in a thread ---------------------------------------------------------------------
+
+
+OwnConnections = Callable[[], AbstractContextManager[tuple[psycopg.Connection[Any], hyperswitch.Client]]]
+
+
+@contextmanager
+def own_connections(
+    database_url: str, psp_url: str
+) -> Iterator[tuple[psycopg.Connection[Any], hyperswitch.Client]]:
+    """A connection and a PSP client of a thread's own, as a second worker or sweep process has."""
+    client = hyperswitch.Client(psp_url, PSP_API_KEY)
+    try:
+        with psycopg.connect(database_url) as conn:
+            yield conn, client
+    finally:
+        client.close()

@@ -1,0 +1,214 @@
+"""The automatic-refund outbox: money we must give back, sent as soon as the change that owes it commits.
+
+A handler that finds money we must not keep (a late success for a failed order or invoice, a
+partial capture) calls `open_refund` in its own transaction: the refund row is the outbox. The
+entry point that ran the handler enqueues `send` for it once that transaction has committed
+(`enqueue_after_commit`); the `automatic_refunds` sweep (`send_unsent`) sends what that missed: a
+lost message, a PSP that was down. A send holds the row (FOR UPDATE SKIP LOCKED) across its PSP
+call and marks it submitted in the same transaction, and every try sends the same refund_id, so
+two senders at once never refund twice. The PSP's final word (`settle`) changes the refund row
+alone: no order, balance or license moves.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg.pq import TransactionStatus
+from psycopg.rows import class_row
+
+from veza_worker import db, errors, hyperswitch
+
+log = logging.getLogger(__name__)
+QUERIES = db.load_queries(__name__)
+
+BATCH = 50
+OUTCOMES = ("sent", "rejected", "ambiguous")
+# The refunds opened inside the current `enqueue_after_commit` block; None outside one (a test, a
+# CLI command), where the sweep sends them.
+_opened: ContextVar[list[uuid.UUID] | None] = ContextVar("automatic_refunds_opened", default=None)
+
+
+@dataclass(frozen=True)
+class Unsent:
+    """An automatic refund to send, with the payment it gives money back from."""
+
+    id: uuid.UUID
+    hyperswitch_refund_id: str
+    amount: int
+    reason: str
+    note: str
+    payment_id: str
+    order_id: uuid.UUID | None
+    invoice_id: uuid.UUID | None
+
+    @property
+    def owner(self) -> str:
+        return f"order {self.order_id}" if self.order_id else f"invoice {self.invoice_id}"
+
+
+def open_refund(
+    conn: db.Connection,
+    *,
+    amount: int,
+    currency: str,
+    note: str,
+    invoice_id: uuid.UUID | None = None,
+    order_id: uuid.UUID | None = None,
+) -> bool:
+    """Record, in the caller's transaction, a full refund nobody asked for; it is sent once that
+    transaction has committed. False when the order or invoice already has one."""
+    refund_id = uuid.uuid4()
+    params = {
+        "id": refund_id,
+        "order_id": order_id,
+        "invoice_id": invoice_id,
+        "amount": amount,
+        "currency": currency,
+        "note": note,
+        "hyperswitch_refund_id": hyperswitch.merchant_id("ref", refund_id),
+    }
+    if conn.execute(QUERIES["insert_automatic_refund"], params).fetchone() is None:
+        return False
+    opened = _opened.get()
+    if opened is not None:
+        opened.append(refund_id)
+    return True
+
+
+@contextmanager
+def enqueue_after_commit(conn: db.Connection, enqueue: Callable[[uuid.UUID], Any]) -> Iterator[None]:
+    """Around work that opens automatic refunds in transactions of its own: when it is over, enqueue
+    each refund those transactions committed. Never sooner: a sender that ran before the commit
+    would find no row, and the refund would wait for the sweep. A block that raises enqueues
+    nothing; the sweep sends whatever it committed."""
+    opened: list[uuid.UUID] = []
+    token = _opened.set(opened)
+    try:
+        yield
+    finally:
+        _opened.reset(token)
+    if opened:
+        for refund_id in _committed(conn, opened):
+            _enqueue(enqueue, refund_id)
+
+
+def _committed(conn: db.Connection, refund_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    """The refunds that exist now: outside any transaction, a read sees only what was committed."""
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        raise RuntimeError("automatic refunds are enqueued after their transaction ends, not inside it")
+    with conn.transaction():
+        return [row[0] for row in conn.execute(QUERIES["committed_unsent"], {"ids": refund_ids})]
+
+
+def _enqueue(enqueue: Callable[[uuid.UUID], Any], refund_id: uuid.UUID) -> None:
+    try:
+        enqueue(refund_id)
+    except Exception as exc:  # Redis away: the row is committed, so the sweep sends it
+        log.warning("automatic refund %s not enqueued, left for the sweep: %r", refund_id, exc)
+
+
+# -- sending ----------------------------------------------------------------------------------------
+
+
+def send(conn: db.Connection, client: hyperswitch.Client, refund_id: uuid.UUID) -> str | None:
+    """POST one automatic refund: "sent", "rejected", "ambiguous" (sent again later with the same
+    refund_id), or None when it was sent already or another sender holds it."""
+    with conn.transaction():
+        with conn.cursor(row_factory=class_row(Unsent)) as cur:
+            refund = cur.execute(QUERIES["lock_unsent_refund"], {"refund_id": refund_id}).fetchone()
+        if refund is None:
+            return None
+        # The row stays locked across the call: a second sender skips it, then finds it submitted.
+        return _post(conn, client, refund)
+
+
+def _post(conn: db.Connection, client: hyperswitch.Client, refund: Unsent) -> str:
+    owner = {"order_id": str(refund.order_id)} if refund.order_id else {"invoice_id": str(refund.invoice_id)}
+    try:
+        client.create_refund(
+            refund_id=refund.hyperswitch_refund_id,
+            payment_id=refund.payment_id,
+            amount=refund.amount,
+            reason=refund.reason,
+            idempotency_key=str(refund.id),
+            metadata={**owner, "refund_id": str(refund.id), "note": refund.note},
+        )
+    except errors.HyperswitchUnavailable as exc:
+        log.warning(
+            "automatic refund %s: create was ambiguous, sent again later: %s",
+            refund.hyperswitch_refund_id,
+            exc,
+        )
+        return "ambiguous"
+    except errors.HyperswitchRejected as exc:
+        log.error(
+            "automatic refund %s of payment %s rejected: %s: money kept, needs a human (%s)",
+            refund.hyperswitch_refund_id,
+            refund.payment_id,
+            exc.message or exc.code,
+            refund.owner,
+        )
+        _fail(conn, refund.id, exc.message or exc.code)
+        return "rejected"
+    conn.execute(QUERIES["mark_submitted"], {"refund_id": refund.id})
+    log.info(
+        "automatic refund %s of payment %s sent: %d",
+        refund.hyperswitch_refund_id,
+        refund.payment_id,
+        refund.amount,
+    )
+    return "sent"
+
+
+def send_unsent(
+    conn: db.Connection, client: hyperswitch.Client | None, *, limit: int = BATCH
+) -> dict[str, int]:
+    """The sweep: send the automatic refunds not sent yet, oldest first. Without a PSP it succeeds
+    only while none waits: a refund that cannot go out must show as an overdue sweep."""
+    with conn.transaction():
+        ids = [row[0] for row in conn.execute(QUERIES["unsent_automatic_refunds"], {"limit": limit})]
+    counts = dict.fromkeys(OUTCOMES, 0)
+    if client is None:
+        if ids:
+            raise errors.PaymentProviderNotConfigured(
+                "payment provider not configured: automatic refunds wait"
+            )
+        return counts
+    for refund_id in ids:
+        outcome = send(conn, client, refund_id)
+        if outcome is not None:
+            counts[outcome] += 1
+    return counts
+
+
+# -- the PSP's final word ---------------------------------------------------------------------------
+
+
+def settle(conn: db.Connection, refund_id: uuid.UUID, status: str, error_message: Any) -> str:
+    """Apply the PSP's status to an automatic refund, in the caller's transaction."""
+    row = conn.execute(QUERIES["lock_refund"], {"refund_id": refund_id}).fetchone()
+    assert row is not None  # rows are never deleted
+    current, psp_id = row
+    if current != "pending":
+        return f"skipped: refund already {current}"
+    if status == "succeeded":
+        conn.execute(QUERIES["succeed_refund"], {"refund_id": refund_id})
+        log.info("automatic refund %s succeeded", psp_id)
+        return "ok"
+    if status == "failed":
+        message = error_message if isinstance(error_message, str) else "refund failed at the payment provider"
+        _fail(conn, refund_id, message)
+        log.error("automatic refund %s failed: %s: money kept, needs a human", psp_id, message)
+        return "ok"
+    return f"skipped: refund status {status or 'missing'}"
+
+
+def _fail(conn: db.Connection, refund_id: uuid.UUID, message: str) -> None:
+    conn.execute(QUERIES["fail_refund"], {"refund_id": refund_id, "error_message": message})
