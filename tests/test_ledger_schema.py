@@ -12,8 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import admin, url_for
-from tests.support import make_order, row, rows
+from tests.support import admin, make_order, row, rows, url_for
 from veza_worker import audit, db, ledger
 
 LEDGER_MIGRATION = "0012_ledger.sql"
