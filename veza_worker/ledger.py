@@ -179,9 +179,11 @@ def payment_kept(
     *,
     order_id: uuid.UUID | None = None,
     invoice_id: uuid.UUID | None = None,
+    source: str = WORLD,
 ) -> Posting:
-    """A payment captured for nothing, held in suspense until its automatic refund succeeds."""
-    entries = {WORLD: -amount, SUSPENSE: amount}
+    """A payment captured for nothing, held in suspense until its automatic refund succeeds: from
+    `world`, or from revenue when its invoice was counted paid first."""
+    entries = {source: -amount, SUSPENSE: amount}
     return Posting(
         f"refund:{refund_id}:kept",
         Kind.PAYMENT_KEPT,
