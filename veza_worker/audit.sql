@@ -42,49 +42,60 @@ SELECT 'seller ' || coalesce(l.seller_id, b.seller_id) || ' ' || coalesce(l.curr
 
 -- movements --
 -- Both ways: every movement the PSP made (as our rows record it) has exactly one posting of its
--- amount on `world` (corrections of it included), and every posting of a PSP movement has one.
-WITH expected (key, object, world) AS (
-    SELECT 'order:' || id || ':paid', 'order ' || id, -total_amount
+-- amount (corrections of it included) and every posting of a PSP movement has one. The amount is
+-- read on `world`; money kept for nothing on platform:suspense (it may come from revenue).
+WITH expected (key, object, account, amount) AS (
+    SELECT 'order:' || id || ':paid', 'order ' || id, 'world', -total_amount
       FROM orders
      WHERE status IN ('completed', 'refund_pending', 'refunded', 'disputed', 'charged_back')
        AND total_amount > 0
     UNION ALL
-    SELECT 'refund:' || id || ':succeeded', 'refund ' || id, amount FROM refunds WHERE status = 'succeeded'
+    SELECT 'refund:' || id || ':succeeded', 'refund ' || id, 'world', amount
+      FROM refunds WHERE status = 'succeeded'
     UNION ALL
-    SELECT 'refund:' || id || ':kept', 'refund ' || id, -amount FROM refunds WHERE automatic
+    SELECT 'refund:' || id || ':kept', 'refund ' || id, 'platform:suspense', amount FROM refunds WHERE automatic
     UNION ALL
-    SELECT 'invoice:' || id || ':paid', 'invoice ' || id, -amount
+    SELECT 'invoice:' || id || ':paid', 'invoice ' || id, 'world', -amount
       FROM subscription_invoices WHERE status = 'paid' AND amount > 0
     UNION ALL
-    SELECT 'dispute:' || id || ':opened', 'dispute ' || id, amount
+    SELECT 'dispute:' || id || ':opened', 'dispute ' || id, 'world', amount
       FROM disputes
      WHERE status <> 'none' AND (order_id IS NOT NULL OR invoice_id IS NOT NULL) AND amount > 0
     UNION ALL
-    SELECT 'dispute:' || id || ':closed', 'dispute ' || id, -amount
+    SELECT 'dispute:' || id || ':closed', 'dispute ' || id, 'world', -amount
       FROM disputes
      WHERE status IN ('dispute_won', 'dispute_cancelled')
        AND (order_id IS NOT NULL OR invoice_id IS NOT NULL) AND amount > 0
-), world AS (
-    SELECT transaction_id, sum(amount) AS amount
+), measured AS (
+    SELECT transaction_id,
+           sum(amount) FILTER (WHERE account = 'world') AS world,
+           sum(amount) FILTER (WHERE account = 'platform:suspense') AS suspense
       FROM ledger_entries
-     WHERE account = 'world'
+     WHERE account IN ('world', 'platform:suspense')
      GROUP BY transaction_id
 ), posted AS (
     SELECT coalesce(t.corrects, t.key) AS key,
            count(*) FILTER (WHERE t.corrects IS NULL) AS postings,
-           coalesce(sum(w.amount), 0) AS world
+           coalesce(sum(m.world), 0) AS world,
+           coalesce(sum(m.suspense), 0) AS suspense
       FROM ledger_transactions t
-      LEFT JOIN world w ON w.transaction_id = t.id
+      LEFT JOIN measured m ON m.transaction_id = t.id
      GROUP BY 1
+), compared AS (
+    SELECT x.key AS expected_key, x.object, x.account, x.amount AS expected, p.key, p.postings,
+           CASE x.account WHEN 'platform:suspense' THEN p.suspense ELSE p.world END AS moved
+      FROM expected x
+      FULL JOIN posted p ON p.key = x.key
 )
-SELECT coalesce(x.object, 'transaction ' || p.key) AS object,
-       CASE WHEN p.key IS NULL THEN 'has no posting ' || x.key
-            WHEN x.key IS NULL THEN 'posting ' || p.key || ' is for a movement the payment provider never made'
-            ELSE p.key || ' moved ' || p.world || ' on world, the movement was ' || x.world END AS detail
-  FROM expected x
-  FULL JOIN posted p ON p.key = x.key
- WHERE (x.key IS NULL AND p.key ~ '^(order:.*:paid|refund:.*:(succeeded|kept)|invoice:.*:paid|dispute:.*:(opened|closed))$')
-    OR p.key IS NULL OR p.world <> x.world OR p.postings <> 1
+SELECT coalesce(object, 'transaction ' || key) AS object,
+       CASE WHEN key IS NULL THEN 'has no posting ' || expected_key
+            WHEN expected_key IS NULL THEN 'posting ' || key || ' is for a movement the payment provider never made'
+            WHEN postings <> 1 THEN key || ' is posted ' || postings || ' times'
+            ELSE key || ' moved ' || moved || ' on ' || account || ', the movement was ' || expected END AS detail
+  FROM compared
+ WHERE (expected_key IS NULL
+        AND key ~ '^(order:.*:paid|refund:.*:(succeeded|kept)|invoice:.*:paid|dispute:.*:(opened|closed))$')
+    OR key IS NULL OR moved <> expected OR postings <> 1
  LIMIT %(limit)s;
 
 -- licenses --
