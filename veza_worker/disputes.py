@@ -25,7 +25,8 @@ from typing import Any
 
 from psycopg.rows import class_row, dict_row
 
-from veza_worker import db, errors, events, orders, subscriptions
+from veza_worker import db, errors, events, hyperswitch, orders, subscriptions
+from veza_worker.settings import Settings
 
 log = logging.getLogger(__name__)
 QUERIES = db.load_queries(__name__)
@@ -107,7 +108,7 @@ def lock(conn: db.Connection, dispute_id: str) -> Dispute | None:
 # -- the webhook ------------------------------------------------------------------------------------
 
 
-def handle_dispute(conn: db.Connection, event: events.Event, settings: Any) -> str:
+def handle_dispute(conn: db.Connection, event: events.Event, settings: Settings) -> str:
     """Any dispute_* event: recorded always; applied to its order or subscription by rank."""
     new = report(event.event_type, event.data)
     order = orders.lock_by_payment(conn, new.payment_id)
@@ -142,7 +143,7 @@ def handle_dispute(conn: db.Connection, event: events.Event, settings: Any) -> s
         assert subscription is not None
         held = False
         if new.status in LOST:
-            _cancel_subscription(conn, subscription, dispute)
+            _cancel_subscription(conn, subscription, dispute, settings)
     _move(conn, dispute, new, held=held)
     log.info("dispute %s %s → %s (payment %s)", dispute.id, dispute.status, new.status, new.payment_id)
     return "ok"
@@ -215,17 +216,25 @@ def _lost(conn: db.Connection, order: orders.Order) -> None:
 
 
 def _cancel_subscription(
-    conn: db.Connection, subscription: subscriptions.Subscription, dispute: Dispute
+    conn: db.Connection, subscription: subscriptions.Subscription, dispute: Dispute, settings: Settings
 ) -> None:
+    """Canceled at once, as `cancel-subscription --now` does: a pending invoice's PSP payment is
+    cancelled and the invoice failed, so the customer is not charged again."""
     if subscription.status in ("canceled", "expired"):
         return
-    conn.execute(subscriptions.QUERIES["cancel_now"], {"subscription_id": subscription.id})
     log.warning(
         "subscription %s canceled: dispute %s on its payment %s was lost",
         subscription.id,
         dispute.id,
         dispute.payment_id,
     )
+    # Handlers get no PSP client; a lost dispute is rare enough to open one of its own.
+    client = hyperswitch.from_settings(settings)
+    try:
+        subscriptions.cancel_now(conn, client, subscription)
+    finally:
+        if client is not None:
+            client.close()
 
 
 # -- for ops ----------------------------------------------------------------------------------------

@@ -533,11 +533,12 @@ def cancel(
             )
             log.info("subscription %s cancels at %s", subscription.id, ends.isoformat())
         else:
-            _cancel_now(conn, client, subscription)
+            cancel_now(conn, client, subscription)
         return cancel_view(_locked(conn, subscription_id))
 
 
-def _cancel_now(conn: db.Connection, client: hyperswitch.Client | None, subscription: Subscription) -> None:
+def cancel_now(conn: db.Connection, client: hyperswitch.Client | None, subscription: Subscription) -> None:
+    """Cancel a locked subscription at once; its pending invoice's PSP payment is cancelled too."""
     conn.execute(QUERIES["cancel_now"], {"subscription_id": subscription.id})
     log.info("subscription %s canceled (was %s)", subscription.id, subscription.status)
     invoice = pending_invoice(conn, subscription.id)
