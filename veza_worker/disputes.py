@@ -237,6 +237,19 @@ def _cancel_subscription(
             client.close()
 
 
+# -- for the reconciler -----------------------------------------------------------------------------
+
+
+def known_statuses(conn: db.Connection, dispute_ids: list[str]) -> dict[str, str]:
+    """Our status of each of these disputes that we hold."""
+    return dict(conn.execute(QUERIES["known_statuses"], {"ids": dispute_ids}).fetchall())
+
+
+def oldest_open(conn: db.Connection, limit: int) -> list[str]:
+    """Ours still open, the ones asked about longest ago first."""
+    return [r[0] for r in conn.execute(QUERIES["open_disputes"], {"limit": limit})]
+
+
 # -- for ops ----------------------------------------------------------------------------------------
 
 

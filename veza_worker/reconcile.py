@@ -443,13 +443,8 @@ def _disputes(context: Context) -> dict[str, Any]:
         return {"checked": 0, "psp_error": 1, "stopped_early": True}
     seen = {str(d.get("dispute_id")): d for d in listed}
     with context.conn.transaction():
-        ours = dict(context.conn.execute(disputes.QUERIES["known_ranks"], {"ids": list(seen)}).fetchall())
-        still_open = [
-            r[0]
-            for r in context.conn.execute(
-                disputes.QUERIES["open_disputes"], {"limit": context.settings.reconcile_batch_size}
-            )
-        ]
+        ours = disputes.known_statuses(context.conn, list(seen))
+        still_open = disputes.oldest_open(context.conn, context.settings.reconcile_batch_size)
     candidates = [(d, ours.get(dispute_id)) for dispute_id, d in seen.items()]
     read_errors = 0
     for dispute_id in still_open:

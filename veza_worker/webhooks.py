@@ -163,6 +163,11 @@ async def insert_logs(conn: psycopg.AsyncConnection[Any], records: list[Delivery
     return [int(row[0]) for row in found]
 
 
+async def count_suppressed(conn: psycopg.AsyncConnection[Any], log_id: int) -> None:
+    """One more invalid-signature delivery counted on a stored row instead of stored itself."""
+    await conn.execute(QUERIES["count_suppressed"], {"log_id": log_id, "count": 1})
+
+
 def insert_log_sync(conn: db.Connection, record: Delivery) -> int:
     row = conn.execute(QUERIES["insert_log"], asdict(record)).fetchone()
     assert row is not None
