@@ -9,8 +9,9 @@ import psycopg
 
 from tests.fake_hyperswitch import FakeHyperswitch, dispute, settle_payment
 from tests.support import process, row, rows, store_event
-from veza_worker import billing, hyperswitch, subscriptions
+from veza_worker import hyperswitch
 from veza_worker.settings import Settings
+from veza_worker.subscriptions import billing, commands
 
 
 def renewal_pending_on_session(
@@ -24,7 +25,7 @@ def renewal_pending_on_session(
         " VALUES (%s, 'monthly', 999, 'EUR', 'month', 0)",
         [plan_id],
     )
-    first = subscriptions.subscribe(conn, client, uuid.uuid4(), plan_id)
+    first = commands.subscribe(conn, client, uuid.uuid4(), plan_id)
     paid = settle_payment(fake, first["payment_id"], "succeeded")
     assert process(settings, store_event(conn, "payment_succeeded", paid)) == "ok"
     # No saved method when the period ends: the renewal is an on-session payment, pending at the PSP.

@@ -13,8 +13,9 @@ from tests.fake_hyperswitch import FakeHyperswitch, dispute, settle_payment
 from tests.support import SAMPLES, at_once, make_order, process, row, rows, run_cli, store, store_event
 from tests.test_refunds_by_item import SELLER_A, SELLER_B, psp_settles, state, three_items
 from tests.test_subscriptions import make_plan
-from veza_worker import errors, hyperswitch, reconcile, refunds, subscriptions
+from veza_worker import errors, hyperswitch, reconcile, refunds
 from veza_worker.settings import Settings
+from veza_worker.subscriptions import commands
 
 BUYER = uuid.UUID(int=0xB0B)
 
@@ -243,7 +244,7 @@ def test_a_lost_dispute_on_a_subscription_payment_cancels_it(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, settings: Settings
 ) -> None:
     plan = make_plan(conn, 999)
-    out = subscriptions.subscribe(conn, client, uuid.uuid4(), plan)
+    out = commands.subscribe(conn, client, uuid.uuid4(), plan)
     payment = settle_payment(fake, out["payment_id"], "succeeded")
     process(settings, store_event(conn, "payment_succeeded", payment))
     opened = dispute(fake, out["payment_id"], "dispute_opened")

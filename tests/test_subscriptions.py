@@ -14,8 +14,9 @@ import pytest
 from tests.conftest import PSP_API_KEY
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, webhook_body
 from tests.support import at_once, join, log_rows, post_webhook, process, row, rows, run_cli, store_event
-from veza_worker import billing, errors, hyperswitch, subscriptions
+from veza_worker import errors, hyperswitch
 from veza_worker.settings import Settings
+from veza_worker.subscriptions import billing, commands, gate
 
 USER = uuid.uuid4()
 
@@ -66,7 +67,7 @@ def invoices(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
 def test_a_free_plan_is_active_at_once_without_the_psp(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, free: uuid.UUID
 ) -> None:
-    out = subscriptions.subscribe(conn, client, USER, free)
+    out = commands.subscribe(conn, client, USER, free)
 
     subscription = the_subscription(conn)
     assert out == {"subscription_id": str(subscription["id"]), "status": "active"}
@@ -77,7 +78,7 @@ def test_a_free_plan_is_active_at_once_without_the_psp(
 def test_a_paid_plan_waits_for_payment_with_an_invoice_and_a_psp_payment(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, monthly: uuid.UUID
 ) -> None:
-    out = subscriptions.subscribe(conn, client, USER, monthly)
+    out = commands.subscribe(conn, client, USER, monthly)
 
     subscription = the_subscription(conn)
     [invoice] = invoices(conn)
@@ -100,7 +101,7 @@ def test_a_paid_plan_without_a_provider_is_refused_and_writes_nothing(
     conn: psycopg.Connection[Any], monthly: uuid.UUID
 ) -> None:
     with pytest.raises(errors.PaymentProviderNotConfigured) as raised:
-        subscriptions.subscribe(conn, None, USER, monthly)
+        commands.subscribe(conn, None, USER, monthly)
 
     assert str(raised.value) == "payment provider not configured — paid plans temporarily unavailable"
     assert rows(conn, "SELECT 1 FROM user_subscriptions") == [] and invoices(conn) == []
@@ -113,14 +114,14 @@ def test_a_first_trial_needs_no_psp_and_a_second_trial_is_not_given(
     with_trial: uuid.UUID,
     monthly: uuid.UUID,
 ) -> None:
-    first = subscriptions.subscribe(conn, client, USER, with_trial)
+    first = commands.subscribe(conn, client, USER, with_trial)
 
     trial = the_subscription(conn)
     assert first["status"] == "trialing" and fake.calls == [] and invoices(conn) == []
     assert timedelta(days=6, hours=23) < trial["trial_ends_at"] - trial["created_at"] <= timedelta(days=7)
 
     conn.execute("UPDATE user_subscriptions SET status = 'expired'")  # the trial lapsed unpaid
-    second = subscriptions.subscribe(conn, client, USER, with_trial)
+    second = commands.subscribe(conn, client, USER, with_trial)
 
     assert second["status"] == "pending_payment" and second["client_secret"]
     assert the_subscription(conn)["trial_ends_at"] is None
@@ -131,8 +132,8 @@ def test_a_first_trial_needs_no_psp_and_a_second_trial_is_not_given(
 def test_subscribing_again_while_pending_returns_the_same_payment_without_a_second_charge(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, monthly: uuid.UUID
 ) -> None:
-    first = subscriptions.subscribe(conn, client, USER, monthly)
-    again = subscriptions.subscribe(conn, client, USER, monthly)
+    first = commands.subscribe(conn, client, USER, monthly)
+    again = commands.subscribe(conn, client, USER, monthly)
 
     assert again == first
     assert len(fake.calls) == 1 and len(invoices(conn)) == 1
@@ -141,11 +142,11 @@ def test_subscribing_again_while_pending_returns_the_same_payment_without_a_seco
 def test_subscribing_to_another_plan_while_pending_names_the_pending_subscription(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, monthly: uuid.UUID, with_trial: uuid.UUID
 ) -> None:
-    pending = subscriptions.subscribe(conn, client, USER, monthly)
+    pending = commands.subscribe(conn, client, USER, monthly)
     with pytest.raises(
         errors.DomainError, match=f"{pending['subscription_id']} awaiting payment for another plan"
     ):
-        subscriptions.subscribe(conn, client, USER, with_trial)
+        commands.subscribe(conn, client, USER, with_trial)
 
 
 @pytest.mark.parametrize("status", ["active", "trialing"])
@@ -156,15 +157,15 @@ def test_a_user_with_a_live_subscription_cannot_subscribe_again(
     monthly: uuid.UUID,
     status: str,
 ) -> None:
-    subscriptions.subscribe(conn, client, USER, free)
+    commands.subscribe(conn, client, USER, free)
     conn.execute("UPDATE user_subscriptions SET status = %s", [status])
     with pytest.raises(errors.DomainError, match=f"already has subscription .*, which is {status}$"):
-        subscriptions.subscribe(conn, client, USER, monthly)
+        commands.subscribe(conn, client, USER, monthly)
 
 
 def test_an_unknown_plan_is_not_found(conn: psycopg.Connection[Any], client: hyperswitch.Client) -> None:
     with pytest.raises(errors.NotFound):
-        subscriptions.subscribe(conn, client, USER, uuid.uuid4())
+        commands.subscribe(conn, client, USER, uuid.uuid4())
 
 
 def test_a_psp_rejection_fails_the_invoice_and_expires_the_subscription(
@@ -175,11 +176,11 @@ def test_a_psp_rejection_fails_the_invoice_and_expires_the_subscription(
     with pytest.raises(
         errors.PaymentRejected, match="payment rejected by payment provider: Currency not supported"
     ):
-        subscriptions.subscribe(conn, client, USER, monthly)
+        commands.subscribe(conn, client, USER, monthly)
 
     assert row(conn, "SELECT status FROM user_subscriptions")["status"] == "expired"
     assert [i["status"] for i in invoices(conn)] == ["failed"]
-    assert subscriptions.subscribe(conn, client, USER, monthly)["status"] == "pending_payment"  # may retry
+    assert commands.subscribe(conn, client, USER, monthly)["status"] == "pending_payment"  # may retry
 
 
 def test_after_an_ambiguous_create_subscribe_again_recovers_the_same_payment(
@@ -188,11 +189,11 @@ def test_after_an_ambiguous_create_subscribe_again_recovers_the_same_payment(
     fake.fail_next("POST /payments", Failure(status=502, acted=True))  # the PSP created it; we saw a 502
 
     with pytest.raises(errors.PaymentProviderUnavailable, match="will be reconciled"):
-        subscriptions.subscribe(conn, client, USER, monthly)
+        commands.subscribe(conn, client, USER, monthly)
     assert the_subscription(conn)["status"] == "pending_payment"
     assert invoices(conn)[0]["client_secret"] is None
 
-    out = subscriptions.subscribe(conn, client, USER, monthly)
+    out = commands.subscribe(conn, client, USER, monthly)
 
     [payment_id] = fake.payments
     assert (
@@ -215,7 +216,7 @@ def test_two_subscribes_at_once_create_one_subscription_and_one_charge(
     def subscribe() -> None:
         own_client = hyperswitch.Client(url, PSP_API_KEY)
         with psycopg.connect(database_url) as own:
-            outcomes.append(subscriptions.subscribe(own, own_client, USER, monthly))
+            outcomes.append(commands.subscribe(own, own_client, USER, monthly))
         own_client.close()
 
     at_once(*[subscribe] * 4)
@@ -229,7 +230,7 @@ def test_two_subscribes_at_once_create_one_subscription_and_one_charge(
 
 @pytest.fixture
 def pending(conn: psycopg.Connection[Any], client: hyperswitch.Client, monthly: uuid.UUID) -> dict[str, Any]:
-    return subscriptions.subscribe(conn, client, USER, monthly)
+    return commands.subscribe(conn, client, USER, monthly)
 
 
 def paid(pending: dict[str, Any], status: str = "succeeded", amount: int = 999) -> dict[str, Any]:
@@ -259,7 +260,7 @@ def test_a_yearly_plan_gets_a_year(
     conn: psycopg.Connection[Any], settings: Settings, client: hyperswitch.Client
 ) -> None:
     yearly = make_plan(conn, 9900, interval="year")
-    pending = subscriptions.subscribe(conn, client, USER, yearly)
+    pending = commands.subscribe(conn, client, USER, yearly)
 
     process(settings, store_event(conn, "payment_succeeded", paid(pending, amount=9900)))
 
@@ -321,7 +322,7 @@ def test_concurrent_successes_through_real_workers_activate_once(
 def test_complete_subscription_returns_the_existing_client_secret(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, pending: dict[str, Any]
 ) -> None:
-    out = subscriptions.complete(conn, client, uuid.UUID(pending["subscription_id"]))
+    out = commands.complete(conn, client, uuid.UUID(pending["subscription_id"]))
     assert out == pending
     assert len(fake.calls) == 1  # only the subscribe's create
 
@@ -331,10 +332,10 @@ def test_complete_subscription_creates_the_payment_the_first_try_lost(
 ) -> None:
     fake.fail_next("POST /payments", Failure(status=504))
     with pytest.raises(errors.PaymentProviderUnavailable) as raised:
-        subscriptions.subscribe(conn, client, USER, monthly)
+        commands.subscribe(conn, client, USER, monthly)
     assert raised.value.output is not None and raised.value.output["client_secret"] is None
 
-    out = subscriptions.complete(conn, client, the_subscription(conn)["id"])
+    out = commands.complete(conn, client, the_subscription(conn)["id"])
 
     assert out["client_secret"] == invoices(conn)[0]["client_secret"] is not None
     assert len(fake.payments) == 1
@@ -346,7 +347,7 @@ def test_complete_subscription_of_another_status_is_refused(
 ) -> None:
     conn.execute("UPDATE user_subscriptions SET status = %s", [status])
     with pytest.raises(errors.DomainError, match=f"is {status}, not pending_payment"):
-        subscriptions.complete(conn, client, uuid.UUID(pending["subscription_id"]))
+        commands.complete(conn, client, uuid.UUID(pending["subscription_id"]))
 
 
 # -- the feature gate -------------------------------------------------------------------------------
@@ -365,12 +366,12 @@ def test_complete_subscription_of_another_status_is_refused(
 def test_the_gate_grants_only_active_and_trialing(
     conn: psycopg.Connection[Any], free: uuid.UUID, status: str, allowed: bool, reason: str | None
 ) -> None:
-    subscriptions.subscribe(conn, None, USER, free)
+    commands.subscribe(conn, None, USER, free)
     conn.execute(
         "UPDATE user_subscriptions SET status = %s, trial_ends_at = now() + interval '1 day'", [status]
     )
 
-    view = subscriptions.status(conn, USER)
+    view = gate.status(conn, USER)
 
     assert view["allowed"] is allowed and view["status"] == status
     assert view.get("reason") == reason
@@ -379,16 +380,16 @@ def test_the_gate_grants_only_active_and_trialing(
 def test_the_gate_prefers_the_live_subscription_and_knows_users_without_one(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, free: uuid.UUID, monthly: uuid.UUID
 ) -> None:
-    assert subscriptions.status(conn, USER) == {
+    assert gate.status(conn, USER) == {
         "user_id": str(USER),
         "allowed": False,
         "reason": "no subscription",
         "status": None,
     }
-    subscriptions.subscribe(conn, client, USER, monthly)
+    commands.subscribe(conn, client, USER, monthly)
     conn.execute("UPDATE user_subscriptions SET status = 'expired', created_at = now() + interval '1 hour'")
-    subscriptions.subscribe(conn, client, USER, free)
-    assert subscriptions.status(conn, USER)["status"] == "active"
+    commands.subscribe(conn, client, USER, free)
+    assert gate.status(conn, USER)["status"] == "active"
 
 
 # -- trial end --------------------------------------------------------------------------------------
@@ -399,7 +400,7 @@ def start_trials(
 ) -> list[uuid.UUID]:
     users = [uuid.uuid4() for _ in range(count)]
     for user in users:
-        subscriptions.subscribe(conn, None, user, plan_id)
+        commands.subscribe(conn, None, user, plan_id)
     if ended:
         conn.execute(
             "UPDATE user_subscriptions SET trial_ends_at = now() - interval '1 minute'"
@@ -465,9 +466,9 @@ def test_trial_end_without_a_provider_still_stops_access_and_the_invoice_waits(
     [user] = start_trials(conn, with_trial, 1)
 
     assert billing.end_trials(conn, None)["no_provider"] == 1
-    assert subscriptions.status(conn, user)["allowed"] is False
+    assert gate.status(conn, user)["allowed"] is False
     subscription_id = the_subscription(conn, user)["id"]
-    assert subscriptions.complete(conn, client, subscription_id)["client_secret"]
+    assert commands.complete(conn, client, subscription_id)["client_secret"]
 
 
 # -- the CLI ----------------------------------------------------------------------------------------

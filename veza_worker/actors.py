@@ -8,9 +8,10 @@ from datetime import timedelta
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from veza_worker import billing, metrics, ops, refunds, retention, webhooks
+from veza_worker import metrics, ops, refunds, retention, webhooks
 from veza_worker import reconcile as reconciler
 from veza_worker.broker import resources
+from veza_worker.subscriptions import billing
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ from typing import Any
 import psycopg
 
 from veza_worker import (
-    billing,
     db,
     disputes,
     errors,
@@ -25,10 +24,10 @@ from veza_worker import (
     reconcile,
     refunds,
     retention,
-    subscriptions,
     webhooks,
 )
 from veza_worker.settings import Settings
+from veza_worker.subscriptions import billing, commands, gate
 
 Command = Callable[[argparse.Namespace, Settings], Any]
 
@@ -93,17 +92,17 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> Any:
 
 def cmd_subscribe(args: argparse.Namespace, settings: Settings) -> Any:
     with db.connect(settings.database_url) as conn:
-        return subscriptions.subscribe(conn, hyperswitch.from_settings(settings), args.user_id, args.plan_id)
+        return commands.subscribe(conn, hyperswitch.from_settings(settings), args.user_id, args.plan_id)
 
 
 def cmd_complete_subscription(args: argparse.Namespace, settings: Settings) -> Any:
     with db.connect(settings.database_url) as conn:
-        return subscriptions.complete(conn, hyperswitch.from_settings(settings), args.subscription_id)
+        return commands.complete(conn, hyperswitch.from_settings(settings), args.subscription_id)
 
 
 def cmd_subscription_status(args: argparse.Namespace, settings: Settings) -> Any:
     with db.connect(settings.database_url) as conn:
-        return subscriptions.status(conn, args.user_id, settings.subscription_grace)
+        return gate.status(conn, args.user_id, settings.subscription_grace)
 
 
 def cmd_trial_end(args: argparse.Namespace, settings: Settings) -> Any:
@@ -133,14 +132,12 @@ def cmd_renew(args: argparse.Namespace, settings: Settings) -> Any:
 
 def cmd_cancel_subscription(args: argparse.Namespace, settings: Settings) -> Any:
     with db.connect(settings.database_url) as conn:
-        return subscriptions.cancel(
-            conn, hyperswitch.from_settings(settings), args.subscription_id, now=args.now
-        )
+        return commands.cancel(conn, hyperswitch.from_settings(settings), args.subscription_id, now=args.now)
 
 
 def cmd_resume_subscription(args: argparse.Namespace, settings: Settings) -> Any:
     with db.connect(settings.database_url) as conn:
-        return subscriptions.resume(conn, args.subscription_id)
+        return commands.resume(conn, args.subscription_id)
 
 
 def _uuid(value: str) -> uuid.UUID:

@@ -31,7 +31,7 @@ def parse_queries(text: str) -> dict[str, LiteralString]:
 
 
 def load_queries(module: str) -> dict[str, LiteralString]:
-    """The queries of `veza_worker/<name>.sql`, for the module `veza_worker.<name>`."""
+    """The queries of `<package>/<name>.sql`, for the module `<package>.<name>`: the .sql beside it."""
     package, _, name = module.rpartition(".")
     return parse_queries(resources.files(package).joinpath(f"{name}.sql").read_text("utf-8"))
 

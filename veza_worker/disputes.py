@@ -25,8 +25,9 @@ from typing import Any
 
 from psycopg.rows import class_row, dict_row
 
-from veza_worker import db, errors, events, hyperswitch, orders, subscriptions
+from veza_worker import db, errors, events, hyperswitch, orders
 from veza_worker.settings import Settings
+from veza_worker.subscriptions import commands, invoices, model
 
 log = logging.getLogger(__name__)
 QUERIES = db.load_queries(__name__)
@@ -112,10 +113,10 @@ def handle_dispute(conn: db.Connection, event: events.Event, settings: Settings)
     """Any dispute_* event: recorded always; applied to its order or subscription by rank."""
     new = report(event.event_type, event.data)
     order = orders.lock_by_payment(conn, new.payment_id)
-    invoice = None if order is not None else subscriptions.find_invoice_by_payment(conn, new.payment_id)
+    invoice = None if order is not None else invoices.find_by_payment(conn, new.payment_id)
     subscription = None
     if invoice is not None:
-        subscription = subscriptions.lock(conn, invoice[1])
+        subscription = model.lock(conn, invoice[1])
     params = {
         "id": new.id,
         "payment_id": new.payment_id,
@@ -216,7 +217,7 @@ def _lost(conn: db.Connection, order: orders.Order) -> None:
 
 
 def _cancel_subscription(
-    conn: db.Connection, subscription: subscriptions.Subscription, dispute: Dispute, settings: Settings
+    conn: db.Connection, subscription: model.Subscription, dispute: Dispute, settings: Settings
 ) -> None:
     """Canceled at once, as `cancel-subscription --now` does: a pending invoice's PSP payment is
     cancelled and the invoice failed, so the customer is not charged again."""
@@ -231,7 +232,7 @@ def _cancel_subscription(
     # Handlers get no PSP client; a lost dispute is rare enough to open one of its own.
     client = hyperswitch.from_settings(settings)
     try:
-        subscriptions.cancel_now(conn, client, subscription)
+        commands.cancel_now(conn, client, subscription)
     finally:
         if client is not None:
             client.close()

@@ -1,0 +1,76 @@
+"""The subscription and plan rows, and the subscription writes the other modules share."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from psycopg.rows import class_row
+
+from veza_worker import db, hyperswitch
+
+QUERIES = db.load_queries(__name__)
+
+Row = TypeVar("Row")
+
+
+@dataclass(frozen=True)
+class Plan:
+    id: uuid.UUID
+    name: str
+    amount: int
+    currency: str
+    interval: str
+    trial_days: int
+
+
+@dataclass(frozen=True)
+class Subscription:
+    id: uuid.UUID
+    user_id: uuid.UUID
+    plan_id: uuid.UUID
+    status: str
+    trial_ends_at: datetime | None
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    payment_method_id: str | None
+    cancel_at_period_end: bool
+    canceled_at: datetime | None
+    past_due_since: datetime | None
+    dunning_step: int
+
+    @property
+    def customer_id(self) -> str:
+        return hyperswitch.merchant_id("cus", self.user_id)
+
+
+def _one(conn: db.Connection, kind: type[Row], query: str, **params: Any) -> Row | None:
+    with conn.cursor(row_factory=class_row(kind)) as cur:
+        return cur.execute(QUERIES[query], params).fetchone()
+
+
+def lock(conn: db.Connection, subscription_id: uuid.UUID) -> Subscription | None:
+    return _one(conn, Subscription, "lock_subscription", subscription_id=subscription_id)
+
+
+def find_plan(conn: db.Connection, plan_id: uuid.UUID) -> Plan | None:
+    return _one(conn, Plan, "get_plan", plan_id=plan_id)
+
+
+def get_plan(conn: db.Connection, plan_id: uuid.UUID) -> Plan:
+    """The plan of a subscription, which references it."""
+    plan = find_plan(conn, plan_id)
+    assert plan is not None  # user_subscriptions.plan_id references it
+    return plan
+
+
+def set_status(conn: db.Connection, subscription_id: uuid.UUID, status: str) -> None:
+    conn.execute(QUERIES["set_status"], {"subscription_id": subscription_id, "status": status})
+
+
+def set_past_due(conn: db.Connection, subscription_id: uuid.UUID) -> None:
+    """A renewal payment failed, or there is no saved method to charge it: past_due, and dunning
+    counts its steps from the period's first failure."""
+    conn.execute(QUERIES["set_past_due"], {"subscription_id": subscription_id})
