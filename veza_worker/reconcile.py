@@ -420,7 +420,7 @@ def _abandon_reason(
     settings: Settings,
 ) -> str | None:
     """Why a payment that is not final should be cancelled now, or None to keep waiting."""
-    if subscription.status in ("expired", "canceled"):
+    if subscription.status in model.ENDED:
         return f"subscription {subscription.status}"
     if invoice.off_session and psp_status == "requires_customer_action":
         return "authentication required off-session"
@@ -453,7 +453,7 @@ def _disputes(context: Context) -> dict[str, Any]:
             continue
         try:
             candidates.append(
-                (context.client.get_dispute(dispute_id), ours.get(dispute_id, "dispute_opened"))
+                (context.client.get_dispute(dispute_id), ours.get(dispute_id, disputes.Status.OPENED))
             )
             read_errors = 0
         except errors.HyperswitchError as exc:

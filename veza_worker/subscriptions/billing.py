@@ -82,9 +82,9 @@ def _end_trial(conn: db.Connection, subscription: Subscription) -> tuple[Subscri
     plan = model.get_plan(conn, subscription.plan_id)
     if plan.amount == 0:
         conn.execute(QUERIES["activate_free"], {"subscription_id": subscription.id})
-        return replace(subscription, status="active"), None
-    model.set_status(conn, subscription.id, "pending_payment")
-    subscription = replace(subscription, status="pending_payment")
+        return replace(subscription, status=model.Status.ACTIVE), None
+    model.set_status(conn, subscription.id, model.Status.PENDING_PAYMENT)
+    subscription = replace(subscription, status=model.Status.PENDING_PAYMENT)
     invoice = invoices.new(conn, subscription, None, off_session=False)
     assert invoice is not None  # the claim holds the row: nobody else invoices it
     return subscription, invoice
@@ -102,7 +102,7 @@ def _charge_after_trial(
         log.warning("subscription %s trial ended with no payment provider: invoice waits", subscription.id)
         return "no_provider"
     sent = invoices.send(conn, client, invoice.id)
-    if sent.status == "failed":
+    if sent.status == invoices.Status.FAILED:
         return "rejected"
     if sent.submitted_at is None:
         return "ambiguous"
@@ -212,13 +212,13 @@ def _expire(conn: db.Connection, client: hyperswitch.Client | None, subscription
         subscription = model.lock(conn, subscription_id)
         assert subscription is not None
         invoice = invoices.pending(conn, subscription_id)
-        if subscription.status == "past_due" and invoice is not None and client is not None:
+        if subscription.status == model.Status.PAST_DUE and invoice is not None and client is not None:
             invoices.abandon(conn, client, subscription, invoice, "subscription expired: payment overdue")
             subscription = model.lock(conn, subscription_id)
             assert subscription is not None
-        if subscription.status != "past_due":
+        if subscription.status != model.Status.PAST_DUE:
             return 0
-        model.set_status(conn, subscription_id, "expired")
+        model.set_status(conn, subscription_id, model.Status.EXPIRED)
     log.info("subscription %s expired: dunning exhausted", subscription_id)
     return 1
 
@@ -244,7 +244,7 @@ def _send_all(
 
 
 def _count(sent: Invoice, counts: Counter[str]) -> None:
-    if sent.status in ("paid", "failed"):
+    if sent.status in (invoices.Status.PAID, invoices.Status.FAILED):
         counts[sent.status] += 1
     elif sent.submitted_at is None:
         counts["ambiguous"] += 1

@@ -74,12 +74,12 @@ def complete(
     pending recovery attempt, created for the open period when none is pending."""
     with conn.transaction():
         subscription = _locked(conn, subscription_id)
-        if subscription.status not in ("pending_payment", "past_due"):
+        if subscription.status not in model.AWAITING_PAYMENT:
             raise errors.DomainError(
                 f"subscription {subscription_id} is {subscription.status}, not pending_payment or past_due"
             )
         invoice = invoices.pending(conn, subscription.id)
-        if invoice is None and subscription.status == "past_due":
+        if invoice is None and subscription.status == model.Status.PAST_DUE:
             _require(client)  # before anything is written
             invoice = invoices.new(conn, subscription, subscription.current_period_end, off_session=False)
         if invoice is None:  # a pending_payment subscription always has one; say so loudly if not
@@ -97,18 +97,18 @@ def _create(
     conn: db.Connection, client: hyperswitch.Client | None, user_id: uuid.UUID, plan: Plan
 ) -> tuple[Subscription, Invoice | None]:
     if plan.amount == 0:
-        return _insert(conn, user_id, plan, "active"), None
+        return _insert(conn, user_id, plan, model.Status.ACTIVE), None
     ever_trialed = conn.execute(QUERIES["ever_trialed"], {"user_id": user_id}).fetchone()
     if plan.trial_days > 0 and not (ever_trialed and ever_trialed[0]):
-        return _insert(conn, user_id, plan, "trialing"), None
+        return _insert(conn, user_id, plan, model.Status.TRIALING), None
     _require(client)  # before anything is written
-    subscription = _insert(conn, user_id, plan, "pending_payment")
+    subscription = _insert(conn, user_id, plan, model.Status.PENDING_PAYMENT)
     return subscription, invoices.new(conn, subscription, None, off_session=False)
 
 
-def _insert(conn: db.Connection, user_id: uuid.UUID, plan: Plan, status: str) -> Subscription:
+def _insert(conn: db.Connection, user_id: uuid.UUID, plan: Plan, status: model.Status) -> Subscription:
     subscription_id = uuid.uuid4()
-    trial_days = plan.trial_days if status == "trialing" else 0
+    trial_days = plan.trial_days if status == model.Status.TRIALING else 0
     params = {"id": subscription_id, "user_id": user_id, "plan_id": plan.id, "status": status}
     conn.execute(QUERIES["insert_subscription"], {**params, "trial_days": trial_days})
     log.info("subscription %s created for user %s on plan %s: %s", subscription_id, user_id, plan.id, status)
@@ -116,7 +116,7 @@ def _insert(conn: db.Connection, user_id: uuid.UUID, plan: Plan, status: str) ->
 
 
 def _awaiting_payment(conn: db.Connection, live: Subscription, plan: Plan) -> Invoice:
-    if live.status != "pending_payment":
+    if live.status != model.Status.PENDING_PAYMENT:
         raise errors.DomainError(
             f"user {live.user_id} already has subscription {live.id}, which is {live.status}"
         )
@@ -141,10 +141,15 @@ def cancel(
     cancelled at the PSP and the invoice failed."""
     with conn.transaction():
         subscription = _locked(conn, subscription_id)
-        if subscription.status in ("expired", "canceled"):
+        if subscription.status in model.ENDED:
             raise errors.DomainError(f"subscription {subscription_id} is already {subscription.status}")
         ends = _access_ends(subscription)
-        if not now and ends is not None and ends > datetime.now(UTC) and subscription.status != "past_due":
+        if (
+            not now
+            and ends is not None
+            and ends > datetime.now(UTC)
+            and subscription.status != model.Status.PAST_DUE
+        ):
             conn.execute(
                 QUERIES["set_cancel_at_period_end"], {"subscription_id": subscription.id, "cancel": True}
             )
@@ -161,7 +166,7 @@ def cancel_now(conn: db.Connection, client: hyperswitch.Client | None, subscript
     invoice = invoices.pending(conn, subscription.id)
     if invoice is None:
         return
-    canceled = replace(subscription, status="canceled")
+    canceled = replace(subscription, status=model.Status.CANCELED)
     if client is None or invoices.abandon(conn, client, canceled, invoice, "subscription canceled") is None:
         log.warning(
             "subscription %s canceled with payment %s still pending at the PSP: the reconciler cancels it",
@@ -174,7 +179,7 @@ def resume(conn: db.Connection, subscription_id: uuid.UUID) -> dict[str, Any]:
     """Undo a cancel at period end, while the subscription is still active or trialing."""
     with conn.transaction():
         subscription = _locked(conn, subscription_id)
-        if subscription.status not in ("active", "trialing"):
+        if subscription.status not in (model.Status.ACTIVE, model.Status.TRIALING):
             raise errors.DomainError(
                 f"subscription {subscription_id} is {subscription.status}: only active or trialing can resume"
             )
@@ -187,9 +192,9 @@ def resume(conn: db.Connection, subscription_id: uuid.UUID) -> dict[str, Any]:
 
 
 def _access_ends(subscription: Subscription) -> datetime | None:
-    if subscription.status == "trialing":
+    if subscription.status == model.Status.TRIALING:
         return subscription.trial_ends_at
-    if subscription.status == "active":
+    if subscription.status == model.Status.ACTIVE:
         return subscription.current_period_end
     return None
 

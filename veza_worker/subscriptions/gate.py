@@ -16,6 +16,7 @@ from typing import Any
 from psycopg.rows import class_row
 
 from veza_worker import db
+from veza_worker.subscriptions import model
 
 QUERIES = db.load_queries(__name__)
 
@@ -27,7 +28,7 @@ class GateRow:
     id: uuid.UUID
     user_id: uuid.UUID
     plan_id: uuid.UUID
-    status: str
+    status: str  # a model.Status
     trial_ends_at: datetime | None
     current_period_end: datetime | None
     cancel_at_period_end: bool
@@ -36,10 +37,10 @@ class GateRow:
 
 
 _DENIED = {
-    "pending_payment": "complete payment",
-    "past_due": "renewal payment failed: complete payment",
-    "expired": "subscription expired",
-    "canceled": "subscription canceled",
+    model.Status.PENDING_PAYMENT: "complete payment",
+    model.Status.PAST_DUE: "renewal payment failed: complete payment",
+    model.Status.EXPIRED: "subscription expired",
+    model.Status.CANCELED: "subscription canceled",
 }
 
 
@@ -62,9 +63,9 @@ def answer(user_id: uuid.UUID, gate: GateRow | None, now: datetime, grace: timed
         "subscription_id": str(gate.id),
         "plan_id": str(gate.plan_id),
     }
-    if gate.status == "trialing":
+    if gate.status == model.Status.TRIALING:
         out["trial_ends_at"] = gate.trial_ends_at
-    elif gate.status == "active":
+    elif gate.status == model.Status.ACTIVE:
         out["current_period_end"] = gate.current_period_end
     if gate.cancel_at_period_end:
         out["cancel_at_period_end"] = True
@@ -75,10 +76,10 @@ def answer(user_id: uuid.UUID, gate: GateRow | None, now: datetime, grace: timed
 
 def denial(gate: GateRow, now: datetime, grace: timedelta) -> str | None:
     """Why the gate refuses, or None when it grants."""
-    if gate.status == "trialing":
+    if gate.status == model.Status.TRIALING:
         return None if gate.trial_ends_at and gate.trial_ends_at > now else "trial ended"
-    if gate.status != "active":
-        return _DENIED[gate.status]
+    if gate.status != model.Status.ACTIVE:
+        return _DENIED[model.Status(gate.status)]
     if gate.free:
         return None
     if not gate.has_paid_invoice:

@@ -1,8 +1,8 @@
 """An invoice's PSP payment: the invoice row, its create, its cancel, and its final word.
 
-Each PSP payment is one invoice; a subscription has at most one pending invoice. The caller of
-every writer here holds the subscription's lock, then the invoice's: a webhook, a sweep, the
-reconciler and a cancel about one invoice take turns. The final word on a payment (a webhook, the
+Each PSP payment is one invoice; a subscription has at most one pending invoice. Every writer
+here locks the subscription, then the invoice (or is called holding both): a webhook, a sweep,
+the reconciler and a cancel about one invoice take turns. The final word on a payment (a webhook, the
 reconciler's synthetic event, an off-session charge's synchronous answer) goes through `settle`.
 """
 
@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from psycopg.rows import class_row
@@ -31,13 +32,21 @@ FINAL_PAYMENT_STATUSES = frozenset(
 )
 
 
+class Status(StrEnum):
+    """subscription_invoices.status: one PSP payment's outcome."""
+
+    PENDING = "pending"
+    PAID = "paid"
+    FAILED = "failed"
+
+
 @dataclass(frozen=True)
 class Invoice:
     id: uuid.UUID
     subscription_id: uuid.UUID
     amount: int
     currency: str
-    status: str
+    status: str  # a Status
     payment_id: str
     client_secret: str | None
     period_start: datetime | None  # None until paid for a first payment; set at creation for a renewal
@@ -101,8 +110,9 @@ def new(
 
 
 def view(subscription: Subscription, invoice: Invoice | None) -> dict[str, Any]:
+    """What subscribe and complete-subscription print: the payment to make, while one is awaited."""
     out: dict[str, Any] = {"subscription_id": str(subscription.id), "status": subscription.status}
-    if invoice is not None and subscription.status in ("pending_payment", "past_due"):
+    if invoice is not None and subscription.status in model.AWAITING_PAYMENT:
         out.update(client_secret=invoice.client_secret, payment_id=invoice.payment_id)
     return out
 
@@ -125,7 +135,7 @@ def send(
     """
     with conn.transaction():
         subscription, invoice = _lock_pair(conn, invoice_id)
-        if invoice.status != "pending" or invoice.submitted_at is not None:
+        if invoice.status != Status.PENDING or invoice.submitted_at is not None:
             return invoice
         problem = _send_locked(conn, client, subscription, invoice)
         sent = lock(conn, invoice.id)
@@ -261,8 +271,8 @@ def settle(
     captured amount decide. Money nobody owes us (a failed invoice, a subscription that is over,
     a period already paid, a partial capture) is refunded in full automatically."""
     outcome = events.payment_outcome(event_type, payment)
-    if invoice.status != "pending":
-        if outcome.kind != "failed" and invoice.status == "failed":
+    if invoice.status != Status.PENDING:
+        if outcome.kind != "failed" and invoice.status == Status.FAILED:
             return _refund_unwanted(conn, invoice, outcome.captured, "a failed invoice")
         return f"skipped: invoice already {invoice.status}"
     if outcome.kind == "failed":
@@ -276,7 +286,7 @@ def settle(
     if not events.paid_in_full(payment, invoice.amount, invoice.currency, f"invoice {invoice.id}"):
         return "error: amount mismatch"
     conn.execute(QUERIES["pay_invoice"], {"invoice_id": invoice.id})
-    if subscription.status in ("expired", "canceled"):
+    if subscription.status in model.ENDED:
         return _refund_unwanted(conn, invoice, outcome.captured, f"a {subscription.status} subscription")
     if _already_paid_for(subscription, invoice):
         return _refund_unwanted(conn, invoice, outcome.captured, "a period already paid")
@@ -286,7 +296,7 @@ def settle(
 
 def _already_paid_for(subscription: Subscription, invoice: Invoice) -> bool:
     """A renewal for a period the subscription already runs past (paid by another attempt)."""
-    if invoice.first or subscription.status != "active":
+    if invoice.first or subscription.status != model.Status.ACTIVE:
         return False
     return periods.covers(subscription.current_period_end, invoice.period_end)
 
@@ -320,10 +330,10 @@ def _period_paid(conn: db.Connection, subscription: Subscription, invoice: Invoi
 def _fail(conn: db.Connection, subscription: Subscription, invoice: Invoice) -> None:
     """A first payment that fails expires the subscription; a renewal's makes it past_due (dunning)."""
     conn.execute(QUERIES["fail_invoice"], {"invoice_id": invoice.id})
-    if subscription.status == "pending_payment":
-        model.set_status(conn, subscription.id, "expired")
+    if subscription.status == model.Status.PENDING_PAYMENT:
+        model.set_status(conn, subscription.id, model.Status.EXPIRED)
         log.info("subscription %s expired: first payment %s failed", subscription.id, invoice.payment_id)
-    elif subscription.status in ("active", "past_due") and not invoice.first:
+    elif subscription.status in (model.Status.ACTIVE, model.Status.PAST_DUE) and not invoice.first:
         model.set_past_due(conn, subscription.id)
         log.info(
             "subscription %s past_due: renewal %s attempt %d failed",

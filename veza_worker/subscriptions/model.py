@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from psycopg.rows import class_row
@@ -14,6 +15,21 @@ from veza_worker import db, hyperswitch
 QUERIES = db.load_queries(__name__)
 
 Row = TypeVar("Row")
+
+
+class Status(StrEnum):
+    """user_subscriptions.status. Only active and trialing can grant features (see gate.py)."""
+
+    ACTIVE = "active"
+    TRIALING = "trialing"
+    PENDING_PAYMENT = "pending_payment"  # a first payment is awaited
+    PAST_DUE = "past_due"  # a renewal payment failed: dunning
+    EXPIRED = "expired"
+    CANCELED = "canceled"
+
+
+ENDED = (Status.EXPIRED, Status.CANCELED)  # final: nothing moves them again
+AWAITING_PAYMENT = (Status.PENDING_PAYMENT, Status.PAST_DUE)  # the customer can pay on-session
 
 
 @dataclass(frozen=True)
@@ -31,7 +47,7 @@ class Subscription:
     id: uuid.UUID
     user_id: uuid.UUID
     plan_id: uuid.UUID
-    status: str
+    status: str  # a Status
     trial_ends_at: datetime | None
     current_period_start: datetime | None
     current_period_end: datetime | None
@@ -66,7 +82,7 @@ def get_plan(conn: db.Connection, plan_id: uuid.UUID) -> Plan:
     return plan
 
 
-def set_status(conn: db.Connection, subscription_id: uuid.UUID, status: str) -> None:
+def set_status(conn: db.Connection, subscription_id: uuid.UUID, status: Status) -> None:
     conn.execute(QUERIES["set_status"], {"subscription_id": subscription_id, "status": status})
 
 
