@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.fake_hyperswitch import FakeHyperswitch, dispute, settle_payment
 from tests.support import process, row, rows, store_event
@@ -14,33 +15,32 @@ from veza_worker.settings import Settings
 from veza_worker.subscriptions import billing, commands
 
 
-def renewal_pending_on_session(
-    conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, settings: Settings
+@pytest.fixture
+def first_payment(
+    conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, psp_settings: Settings
 ) -> str:
-    """A subscription whose first payment is paid and whose renewal waits for the customer; the
-    first payment's id."""
-    plan_id = uuid.uuid4()
-    conn.execute(
-        "INSERT INTO subscription_plans (id, name, amount, currency, interval, trial_days)"
-        " VALUES (%s, 'monthly', 999, 'EUR', 'month', 0)",
-        [plan_id],
-    )
-    first = commands.subscribe(conn, client, uuid.uuid4(), plan_id)
-    paid = settle_payment(fake, first["payment_id"], "succeeded")
-    assert process(settings, store_event(conn, "payment_succeeded", paid)) == "ok"
-    # No saved method when the period ends: the renewal is an on-session payment, pending at the PSP.
+    """A subscription whose first payment (this PSP payment id) is paid and whose renewal waits
+    for the customer: an on-session payment, pending at the PSP."""
+    found = conn.execute(
+        "INSERT INTO subscription_plans (name, amount, currency, interval)"
+        " VALUES ('monthly', 999, 'EUR', 'month') RETURNING id"
+    ).fetchone()
+    assert found is not None
+    out = commands.subscribe(conn, client, uuid.uuid4(), found[0])
+    paid = settle_payment(fake, out["payment_id"], "succeeded")
+    assert process(psp_settings, store_event(conn, "payment_succeeded", paid)) == "ok"
+    # No saved method when the period ends: the renewal is an on-session payment.
     conn.execute(
         "UPDATE user_subscriptions"
         " SET payment_method_id = NULL, current_period_end = now() - interval '1 hour'"
     )
-    assert billing.renew(conn, client, settings)["on_session"] == 1
-    return str(first["payment_id"])
+    assert billing.renew(conn, client, psp_settings)["on_session"] == 1
+    return str(out["payment_id"])
 
 
 def test_a_lost_dispute_cancels_the_pending_invoice_payment_at_the_psp(
-    conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, psp_settings: Settings
+    conn: psycopg.Connection[Any], fake: FakeHyperswitch, psp_settings: Settings, first_payment: str
 ) -> None:
-    first_payment = renewal_pending_on_session(conn, client, fake, psp_settings)
     renewal = row(conn, "SELECT id, payment_id FROM subscription_invoices WHERE status = 'pending'")
 
     lost = dispute(fake, first_payment, "dispute_lost")
@@ -55,14 +55,8 @@ def test_a_lost_dispute_cancels_the_pending_invoice_payment_at_the_psp(
 
 
 def test_a_lost_dispute_without_a_payment_provider_leaves_the_pending_payment_to_the_reconciler(
-    conn: psycopg.Connection[Any],
-    client: hyperswitch.Client,
-    fake: FakeHyperswitch,
-    settings: Settings,
-    psp_settings: Settings,
+    conn: psycopg.Connection[Any], fake: FakeHyperswitch, settings: Settings, first_payment: str
 ) -> None:
-    first_payment = renewal_pending_on_session(conn, client, fake, psp_settings)
-
     lost = dispute(fake, first_payment, "dispute_lost")
     assert process(settings, store_event(conn, "dispute_lost", lost)) == "ok"
 

@@ -13,8 +13,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from psycopg.rows import class_row
-
 from veza_worker import db, errors, hyperswitch
 from veza_worker.subscriptions import invoices, model
 from veza_worker.subscriptions.invoices import Invoice
@@ -41,8 +39,7 @@ def _require(client: hyperswitch.Client | None) -> hyperswitch.Client:
 
 def _lock_live(conn: db.Connection, user_id: uuid.UUID) -> Subscription | None:
     """The user's live subscription, if any (a unique index allows one)."""
-    with conn.cursor(row_factory=class_row(Subscription)) as cur:
-        return cur.execute(QUERIES["lock_live_subscription"], {"user_id": user_id}).fetchone()
+    return db.one(conn, Subscription, QUERIES["lock_live_subscription"], {"user_id": user_id})
 
 
 # -- subscribe and complete-subscription ------------------------------------------------------------

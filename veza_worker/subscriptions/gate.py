@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from psycopg.rows import class_row
-
 from veza_worker import db
 from veza_worker.subscriptions import model
 
@@ -46,8 +44,8 @@ _DENIED = {
 
 def status(conn: db.Connection, user_id: uuid.UUID, grace: timedelta = timedelta(days=3)) -> dict[str, Any]:
     """The gate's answer for a user, now."""
-    with conn.transaction(), conn.cursor(row_factory=class_row(GateRow)) as cur:
-        gate = cur.execute(QUERIES["latest_subscription"], {"user_id": user_id}).fetchone()
+    with conn.transaction():
+        gate = db.one(conn, GateRow, QUERIES["latest_subscription"], {"user_id": user_id})
     return answer(user_id, gate, datetime.now(UTC), grace)
 
 

@@ -14,9 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, TypeVar
-
-from psycopg.rows import class_row
+from typing import Any
 
 from veza_worker import db, errors, events, hyperswitch, refunds
 from veza_worker.subscriptions import model, periods
@@ -25,7 +23,6 @@ from veza_worker.subscriptions.model import Subscription
 log = logging.getLogger(__name__)
 QUERIES = db.load_queries(__name__)
 
-Row = TypeVar("Row")
 # Hyperswitch IntentStatus values that end a payment (src: IntentStatus::is_in_terminal_state).
 FINAL_PAYMENT_STATUSES = frozenset(
     {"succeeded", "failed", "cancelled", "cancelled_post_capture", "expired", "partially_captured"}
@@ -66,18 +63,13 @@ class Invoice:
         return str(self.subscription_id) if self.first else str(self.id)
 
 
-def _one(conn: db.Connection, kind: type[Row], query: str, **params: Any) -> Row | None:
-    with conn.cursor(row_factory=class_row(kind)) as cur:
-        return cur.execute(QUERIES[query], params).fetchone()
-
-
 def lock(conn: db.Connection, invoice_id: uuid.UUID) -> Invoice | None:
-    return _one(conn, Invoice, "lock_invoice", invoice_id=invoice_id)
+    return db.one(conn, Invoice, QUERIES["lock_invoice"], {"invoice_id": invoice_id})
 
 
 def pending(conn: db.Connection, subscription_id: uuid.UUID) -> Invoice | None:
     """The subscription's pending invoice, if any (there is at most one)."""
-    return _one(conn, Invoice, "pending_invoice", subscription_id=subscription_id)
+    return db.one(conn, Invoice, QUERIES["pending_invoice"], {"subscription_id": subscription_id})
 
 
 def find_by_payment(conn: db.Connection, payment_id: str) -> tuple[uuid.UUID, uuid.UUID] | None:
@@ -106,7 +98,7 @@ def new(
         "period_end": period.end if period is not None else None,
         "off_session": off_session,
     }
-    return _one(conn, Invoice, "insert_invoice", **params)
+    return db.one(conn, Invoice, QUERIES["insert_invoice"], params)
 
 
 def view(subscription: Subscription, invoice: Invoice | None) -> dict[str, Any]:

@@ -6,15 +6,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, TypeVar
-
-from psycopg.rows import class_row
 
 from veza_worker import db, hyperswitch
 
 QUERIES = db.load_queries(__name__)
-
-Row = TypeVar("Row")
 
 
 class Status(StrEnum):
@@ -62,17 +57,12 @@ class Subscription:
         return hyperswitch.merchant_id("cus", self.user_id)
 
 
-def _one(conn: db.Connection, kind: type[Row], query: str, **params: Any) -> Row | None:
-    with conn.cursor(row_factory=class_row(kind)) as cur:
-        return cur.execute(QUERIES[query], params).fetchone()
-
-
 def lock(conn: db.Connection, subscription_id: uuid.UUID) -> Subscription | None:
-    return _one(conn, Subscription, "lock_subscription", subscription_id=subscription_id)
+    return db.one(conn, Subscription, QUERIES["lock_subscription"], {"subscription_id": subscription_id})
 
 
 def find_plan(conn: db.Connection, plan_id: uuid.UUID) -> Plan | None:
-    return _one(conn, Plan, "get_plan", plan_id=plan_id)
+    return db.one(conn, Plan, QUERIES["get_plan"], {"plan_id": plan_id})
 
 
 def get_plan(conn: db.Connection, plan_id: uuid.UUID) -> Plan:
