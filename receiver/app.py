@@ -99,7 +99,7 @@ class InvalidSignatureLimiter:
         if count < self.per_minute:
             return False
         async with pool.connection() as conn:
-            await conn.execute(webhooks.QUERIES["count_suppressed"], {"log_id": last_id, "count": 1})
+            await webhooks.count_suppressed(conn, last_id)
         return True
 
 

@@ -23,8 +23,10 @@ import pytest
 from tests.factories import OwnConnections, make_plan
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, revoke_mandate, settle_payment
 from tests.support import PSP_API_KEY, at_once, join, log_rows, process, row, rows, run_cli, store_event
-from veza_worker import automatic_refunds, billing, errors, hyperswitch, reconcile, subscriptions
+from veza_worker import automatic_refunds, errors, hyperswitch, reconcile
 from veza_worker.settings import Settings
+from veza_worker.subscriptions import billing, commands
+from veza_worker.subscriptions import gate as feature_gate  # `gate` is this file's helper
 
 DAY = timedelta(days=1)
 
@@ -38,7 +40,7 @@ def paid_up(
     user: uuid.UUID | None = None,
 ) -> uuid.UUID:
     """A subscription whose first payment the customer completed on-session: active, method saved."""
-    out = subscriptions.subscribe(conn, client, user or uuid.uuid4(), plan_id)
+    out = commands.subscribe(conn, client, user or uuid.uuid4(), plan_id)
     payment = settle_payment(fake, out["payment_id"], "succeeded")
     assert process(settings, store_event(conn, "payment_succeeded", payment)) == "ok"
     return uuid.UUID(out["subscription_id"])
@@ -85,7 +87,7 @@ def to_period_end(
 
 
 def gate(conn: psycopg.Connection[Any], subscription_id: uuid.UUID, settings: Settings) -> dict[str, Any]:
-    return subscriptions.status(conn, sub(conn, subscription_id)["user_id"], settings.subscription_grace)
+    return feature_gate.status(conn, sub(conn, subscription_id)["user_id"], settings.subscription_grace)
 
 
 def charges(fake: FakeHyperswitch) -> list[Any]:
@@ -208,7 +210,7 @@ def test_a_free_plan_never_renews_and_always_grants(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, settings: Settings
 ) -> None:
     free = make_plan(conn, 0)
-    out = subscriptions.subscribe(conn, client, uuid.uuid4(), free)
+    out = commands.subscribe(conn, client, uuid.uuid4(), free)
     subscription_id = uuid.UUID(out["subscription_id"])
     travel(conn, subscription_id, 400 * DAY)
 
@@ -219,7 +221,7 @@ def test_a_free_plan_never_renews_and_always_grants(
 def test_the_gate_refuses_an_active_paid_plan_without_a_paid_invoice_and_an_ended_trial(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, settings: Settings, monthly: uuid.UUID
 ) -> None:
-    out = subscriptions.subscribe(conn, client, uuid.uuid4(), monthly)
+    out = commands.subscribe(conn, client, uuid.uuid4(), monthly)
     subscription_id = uuid.UUID(out["subscription_id"])
     conn.execute(  # someone set it active by hand, no payment behind it
         "UPDATE user_subscriptions SET status = 'active', current_period_end = now() + interval '1 month'"
@@ -306,7 +308,7 @@ def test_without_a_saved_method_the_renewal_is_on_session_and_complete_subscript
     assert renew(conn, client, settings)["on_session"] == 1
     assert sub(conn, subscription_id)["status"] == "past_due"
     [_, renewal] = invoices_of(conn, subscription_id)
-    out = subscriptions.complete(conn, client, subscription_id)
+    out = commands.complete(conn, client, subscription_id)
     assert out == {
         "subscription_id": str(subscription_id),
         "status": "past_due",
@@ -359,7 +361,7 @@ def test_complete_subscription_refuses_while_an_off_session_attempt_is_pending(
     renew(conn, client, settings)  # step 1: the bank is still processing
 
     with pytest.raises(errors.DomainError, match="renewal payment in progress"):
-        subscriptions.complete(conn, client, subscription_id)
+        commands.complete(conn, client, subscription_id)
 
 
 def test_an_off_session_3ds_demand_is_cancelled_and_counts_as_a_failure(
@@ -520,7 +522,7 @@ def test_cancel_at_period_end_keeps_access_resume_undoes_it_and_the_period_end_c
     subscription_id = paid_up(conn, client, fake, settings, monthly)
     period_end = sub(conn, subscription_id)["current_period_end"]
 
-    out = subscriptions.cancel(conn, client, subscription_id, now=False)
+    out = commands.cancel(conn, client, subscription_id, now=False)
     assert out == {
         "subscription_id": str(subscription_id),
         "status": "active",
@@ -529,9 +531,9 @@ def test_cancel_at_period_end_keeps_access_resume_undoes_it_and_the_period_end_c
         "canceled_at": None,
     }
     assert gate(conn, subscription_id, settings)["allowed"] is True
-    resumed = subscriptions.resume(conn, subscription_id)
+    resumed = commands.resume(conn, subscription_id)
     assert resumed["cancel_at_period_end"] is False and resumed["cancel_at"] is None
-    subscriptions.cancel(conn, client, subscription_id, now=False)
+    commands.cancel(conn, client, subscription_id, now=False)
 
     to_period_end(conn, subscription_id)
     counts = renew(conn, client, settings)
@@ -551,14 +553,14 @@ def test_cancel_now_ends_access_at_once(
 ) -> None:
     subscription_id = paid_up(conn, client, fake, settings, monthly)
 
-    out = subscriptions.cancel(conn, client, subscription_id, now=True)
+    out = commands.cancel(conn, client, subscription_id, now=True)
 
     assert out["status"] == "canceled" and out["canceled_at"] is not None and out["cancel_at"] is None
     assert gate(conn, subscription_id, settings)["reason"] == "subscription canceled"
     with pytest.raises(errors.DomainError, match="already canceled"):
-        subscriptions.cancel(conn, client, subscription_id, now=True)
+        commands.cancel(conn, client, subscription_id, now=True)
     with pytest.raises(errors.DomainError, match="only active or trialing can resume"):
-        subscriptions.resume(conn, subscription_id)
+        commands.resume(conn, subscription_id)
 
 
 def test_cancelling_a_past_due_subscription_cancels_its_pending_payment_at_the_psp(
@@ -574,7 +576,7 @@ def test_cancelling_a_past_due_subscription_cancels_its_pending_payment_at_the_p
     renew(conn, client, settings)
     renewal = invoices_of(conn, subscription_id)[-1]
 
-    out = subscriptions.cancel(conn, client, subscription_id, now=False)  # past_due: at once
+    out = commands.cancel(conn, client, subscription_id, now=False)  # past_due: at once
 
     assert out["status"] == "canceled"
     assert fake.payments[renewal["payment_id"]]["status"] == "cancelled"
@@ -585,10 +587,10 @@ def test_a_canceled_trial_is_never_invoiced(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch
 ) -> None:
     with_trial = make_plan(conn, 999, trial_days=7)
-    out = subscriptions.subscribe(conn, client, uuid.uuid4(), with_trial)
+    out = commands.subscribe(conn, client, uuid.uuid4(), with_trial)
     subscription_id = uuid.UUID(out["subscription_id"])
 
-    assert subscriptions.cancel(conn, client, subscription_id, now=False)["cancel_at_period_end"] is True
+    assert commands.cancel(conn, client, subscription_id, now=False)["cancel_at_period_end"] is True
     travel(conn, subscription_id, 8 * DAY)
     assert billing.end_trials(conn, client)["canceled"] == 1
 
@@ -615,7 +617,7 @@ def test_renew_racing_cancel_never_keeps_money_for_a_canceled_period(
     def cancel_all() -> None:
         with own_connections() as (own, own_client):
             for subscription_id in due:
-                subscriptions.cancel(own, own_client, subscription_id, now=False)
+                commands.cancel(own, own_client, subscription_id, now=False)
 
     at_once(sweep, cancel_all)
 
@@ -677,7 +679,7 @@ def test_a_first_payment_never_completed_is_cancelled_at_the_psp_after_the_expir
     psp_settings: Settings,
     monthly: uuid.UUID,
 ) -> None:
-    out = subscriptions.subscribe(conn, client, uuid.uuid4(), monthly)
+    out = commands.subscribe(conn, client, uuid.uuid4(), monthly)
     subscription_id = uuid.UUID(out["subscription_id"])
     travel(conn, subscription_id, timedelta(hours=2))
     with psycopg.connect(psp_settings.database_url) as own:
@@ -706,7 +708,7 @@ def test_a_renewal_paid_after_the_subscription_was_canceled_is_refunded_automati
     renew(conn, client, settings)
     renewal = invoices_of(conn, subscription_id)[-1]
     fake.fail_next("POST /payments/cancel", Failure(status=503))  # the cancel does not get through
-    subscriptions.cancel(conn, client, subscription_id, now=True)
+    commands.cancel(conn, client, subscription_id, now=True)
     assert invoices_of(conn, subscription_id)[-1]["status"] == "pending"
 
     payment = settle_payment(fake, renewal["payment_id"], "succeeded")  # the bank said yes after all
@@ -733,7 +735,7 @@ def test_the_reconciler_sends_an_invoice_the_psp_never_got_instead_of_failing_it
 ) -> None:
     fake.fail_next("POST /payments", Failure(status=502))  # never reached the PSP
     with pytest.raises(errors.PaymentProviderUnavailable):
-        subscriptions.subscribe(conn, client, uuid.uuid4(), monthly)
+        commands.subscribe(conn, client, uuid.uuid4(), monthly)
     [invoice] = rows(conn, "SELECT * FROM subscription_invoices")
     travel(conn, invoice["subscription_id"], timedelta(hours=1))
 
@@ -755,7 +757,7 @@ def test_a_trial_ended_with_no_provider_is_charged_by_the_reconciler_once_one_is
     psp_settings: Settings,
 ) -> None:
     with_trial = make_plan(conn, 999, trial_days=7)
-    out = subscriptions.subscribe(conn, None, uuid.uuid4(), with_trial)
+    out = commands.subscribe(conn, None, uuid.uuid4(), with_trial)
     subscription_id = uuid.UUID(out["subscription_id"])
     travel(conn, subscription_id, 8 * DAY)
     assert billing.end_trials(conn, None)["no_provider"] == 1
@@ -778,8 +780,8 @@ def test_an_automatic_invoice_refund_whose_webhook_was_lost_is_settled_by_the_re
     settings: Settings,
     psp_settings: Settings,
 ) -> None:
-    out = subscriptions.subscribe(conn, client, uuid.uuid4(), make_plan(conn, 999))
-    subscriptions.cancel(conn, client, uuid.UUID(out["subscription_id"]), now=True)  # cancels the payment...
+    out = commands.subscribe(conn, client, uuid.uuid4(), make_plan(conn, 999))
+    commands.cancel(conn, client, uuid.UUID(out["subscription_id"]), now=True)  # cancels the payment...
     fake.payments[out["payment_id"]]["status"] = "requires_payment_method"
     payment = settle_payment(fake, out["payment_id"], "succeeded")  # ...which the bank took anyway
     assert process(settings, store_event(conn, "payment_succeeded", payment)) == "ok"

@@ -21,8 +21,9 @@ from tests.factories import (
 )
 from tests.fake_hyperswitch import FakeHyperswitch, dispute, settle_payment
 from tests.support import SAMPLES, at_once, make_order, process, row, rows, run_cli, store, store_event
-from veza_worker import errors, hyperswitch, reconcile, refunds, subscriptions
+from veza_worker import errors, hyperswitch, reconcile, refunds
 from veza_worker.settings import Settings
+from veza_worker.subscriptions import commands
 
 
 def deliver(
@@ -228,7 +229,7 @@ def test_a_lost_dispute_on_a_subscription_payment_cancels_it(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, settings: Settings
 ) -> None:
     plan = make_plan(conn, 999)
-    out = subscriptions.subscribe(conn, client, uuid.uuid4(), plan)
+    out = commands.subscribe(conn, client, uuid.uuid4(), plan)
     payment = settle_payment(fake, out["payment_id"], "succeeded")
     process(settings, store_event(conn, "payment_succeeded", payment))
     opened = dispute(fake, out["payment_id"], "dispute_opened")

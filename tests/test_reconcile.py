@@ -27,8 +27,9 @@ from tests.support import (
     run_cli,
     store_event,
 )
-from veza_worker import hyperswitch, reconcile, subscriptions
+from veza_worker import hyperswitch, reconcile
 from veza_worker.settings import Settings
+from veza_worker.subscriptions import commands
 
 
 @pytest.fixture
@@ -325,7 +326,7 @@ def pending_subscription(conn: psycopg.Connection[Any], client: hyperswitch.Clie
         " VALUES (%s, 'Pro', 999, 'EUR', 'month')",
         [plan_id],
     )
-    out = subscriptions.subscribe(conn, client, uuid.uuid4(), plan_id)
+    out = commands.subscribe(conn, client, uuid.uuid4(), plan_id)
     conn.execute("UPDATE user_subscriptions SET updated_at = now() - interval '1 hour'")
     conn.execute("UPDATE subscription_invoices SET created_at = now() - interval '1 hour'")
     return out

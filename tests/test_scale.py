@@ -16,7 +16,8 @@ import psycopg
 import pytest
 
 from tests.support import admin, url_for
-from veza_worker import billing, reconcile, retention, webhooks
+from veza_worker import reconcile, retention, webhooks
+from veza_worker.subscriptions import billing
 
 ROWS = 200_000
 STUCK = 10

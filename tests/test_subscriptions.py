@@ -14,8 +14,9 @@ import pytest
 from tests.factories import OwnConnections, make_plan
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, webhook_body
 from tests.support import at_once, join, log_rows, post_webhook, process, row, rows, run_cli, store_event
-from veza_worker import billing, errors, hyperswitch, subscriptions
+from veza_worker import errors, hyperswitch
 from veza_worker.settings import Settings
+from veza_worker.subscriptions import billing, commands, gate
 
 USER = uuid.uuid4()
 
@@ -44,7 +45,7 @@ def invoices(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
 def test_a_free_plan_is_active_at_once_without_the_psp(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, free: uuid.UUID
 ) -> None:
-    out = subscriptions.subscribe(conn, client, USER, free)
+    out = commands.subscribe(conn, client, USER, free)
 
     subscription = the_subscription(conn)
     assert out == {"subscription_id": str(subscription["id"]), "status": "active"}
@@ -55,7 +56,7 @@ def test_a_free_plan_is_active_at_once_without_the_psp(
 def test_a_paid_plan_waits_for_payment_with_an_invoice_and_a_psp_payment(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, monthly: uuid.UUID
 ) -> None:
-    out = subscriptions.subscribe(conn, client, USER, monthly)
+    out = commands.subscribe(conn, client, USER, monthly)
 
     subscription = the_subscription(conn)
     [invoice] = invoices(conn)
@@ -78,7 +79,7 @@ def test_a_paid_plan_without_a_provider_is_refused_and_writes_nothing(
     conn: psycopg.Connection[Any], monthly: uuid.UUID
 ) -> None:
     with pytest.raises(errors.PaymentProviderNotConfigured) as raised:
-        subscriptions.subscribe(conn, None, USER, monthly)
+        commands.subscribe(conn, None, USER, monthly)
 
     assert str(raised.value) == "payment provider not configured — paid plans temporarily unavailable"
     assert rows(conn, "SELECT 1 FROM user_subscriptions") == [] and invoices(conn) == []
@@ -91,14 +92,14 @@ def test_a_first_trial_needs_no_psp_and_a_second_trial_is_not_given(
     with_trial: uuid.UUID,
     monthly: uuid.UUID,
 ) -> None:
-    first = subscriptions.subscribe(conn, client, USER, with_trial)
+    first = commands.subscribe(conn, client, USER, with_trial)
 
     trial = the_subscription(conn)
     assert first["status"] == "trialing" and fake.calls == [] and invoices(conn) == []
     assert timedelta(days=6, hours=23) < trial["trial_ends_at"] - trial["created_at"] <= timedelta(days=7)
 
     conn.execute("UPDATE user_subscriptions SET status = 'expired'")  # the trial lapsed unpaid
-    second = subscriptions.subscribe(conn, client, USER, with_trial)
+    second = commands.subscribe(conn, client, USER, with_trial)
 
     assert second["status"] == "pending_payment" and second["client_secret"]
     assert the_subscription(conn)["trial_ends_at"] is None
@@ -109,8 +110,8 @@ def test_a_first_trial_needs_no_psp_and_a_second_trial_is_not_given(
 def test_subscribing_again_while_pending_returns_the_same_payment_without_a_second_charge(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, monthly: uuid.UUID
 ) -> None:
-    first = subscriptions.subscribe(conn, client, USER, monthly)
-    again = subscriptions.subscribe(conn, client, USER, monthly)
+    first = commands.subscribe(conn, client, USER, monthly)
+    again = commands.subscribe(conn, client, USER, monthly)
 
     assert again == first
     assert len(fake.calls) == 1 and len(invoices(conn)) == 1
@@ -119,11 +120,11 @@ def test_subscribing_again_while_pending_returns_the_same_payment_without_a_seco
 def test_subscribing_to_another_plan_while_pending_names_the_pending_subscription(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, monthly: uuid.UUID, with_trial: uuid.UUID
 ) -> None:
-    pending = subscriptions.subscribe(conn, client, USER, monthly)
+    pending = commands.subscribe(conn, client, USER, monthly)
     with pytest.raises(
         errors.DomainError, match=f"{pending['subscription_id']} awaiting payment for another plan"
     ):
-        subscriptions.subscribe(conn, client, USER, with_trial)
+        commands.subscribe(conn, client, USER, with_trial)
 
 
 @pytest.mark.parametrize("status", ["active", "trialing"])
@@ -134,15 +135,15 @@ def test_a_user_with_a_live_subscription_cannot_subscribe_again(
     monthly: uuid.UUID,
     status: str,
 ) -> None:
-    subscriptions.subscribe(conn, client, USER, free)
+    commands.subscribe(conn, client, USER, free)
     conn.execute("UPDATE user_subscriptions SET status = %s", [status])
     with pytest.raises(errors.DomainError, match=f"already has subscription .*, which is {status}$"):
-        subscriptions.subscribe(conn, client, USER, monthly)
+        commands.subscribe(conn, client, USER, monthly)
 
 
 def test_an_unknown_plan_is_not_found(conn: psycopg.Connection[Any], client: hyperswitch.Client) -> None:
     with pytest.raises(errors.NotFound):
-        subscriptions.subscribe(conn, client, USER, uuid.uuid4())
+        commands.subscribe(conn, client, USER, uuid.uuid4())
 
 
 def test_a_psp_rejection_fails_the_invoice_and_expires_the_subscription(
@@ -153,11 +154,11 @@ def test_a_psp_rejection_fails_the_invoice_and_expires_the_subscription(
     with pytest.raises(
         errors.PaymentRejected, match="payment rejected by payment provider: Currency not supported"
     ):
-        subscriptions.subscribe(conn, client, USER, monthly)
+        commands.subscribe(conn, client, USER, monthly)
 
     assert row(conn, "SELECT status FROM user_subscriptions")["status"] == "expired"
     assert [i["status"] for i in invoices(conn)] == ["failed"]
-    assert subscriptions.subscribe(conn, client, USER, monthly)["status"] == "pending_payment"  # may retry
+    assert commands.subscribe(conn, client, USER, monthly)["status"] == "pending_payment"  # may retry
 
 
 def test_after_an_ambiguous_create_subscribe_again_recovers_the_same_payment(
@@ -166,11 +167,11 @@ def test_after_an_ambiguous_create_subscribe_again_recovers_the_same_payment(
     fake.fail_next("POST /payments", Failure(status=502, acted=True))  # the PSP created it; we saw a 502
 
     with pytest.raises(errors.PaymentProviderUnavailable, match="will be reconciled"):
-        subscriptions.subscribe(conn, client, USER, monthly)
+        commands.subscribe(conn, client, USER, monthly)
     assert the_subscription(conn)["status"] == "pending_payment"
     assert invoices(conn)[0]["client_secret"] is None
 
-    out = subscriptions.subscribe(conn, client, USER, monthly)
+    out = commands.subscribe(conn, client, USER, monthly)
 
     [payment_id] = fake.payments
     assert (
@@ -191,7 +192,7 @@ def test_two_subscribes_at_once_create_one_subscription_and_one_charge(
 
     def subscribe() -> None:
         with own_connections() as (own, own_client):
-            outcomes.append(subscriptions.subscribe(own, own_client, USER, monthly))
+            outcomes.append(commands.subscribe(own, own_client, USER, monthly))
 
     at_once(*[subscribe] * 4)
 
@@ -204,7 +205,7 @@ def test_two_subscribes_at_once_create_one_subscription_and_one_charge(
 
 @pytest.fixture
 def pending(conn: psycopg.Connection[Any], client: hyperswitch.Client, monthly: uuid.UUID) -> dict[str, Any]:
-    return subscriptions.subscribe(conn, client, USER, monthly)
+    return commands.subscribe(conn, client, USER, monthly)
 
 
 def paid(pending: dict[str, Any], status: str = "succeeded", amount: int = 999) -> dict[str, Any]:
@@ -234,7 +235,7 @@ def test_a_yearly_plan_gets_a_year(
     conn: psycopg.Connection[Any], settings: Settings, client: hyperswitch.Client
 ) -> None:
     yearly = make_plan(conn, 9900, interval="year")
-    pending = subscriptions.subscribe(conn, client, USER, yearly)
+    pending = commands.subscribe(conn, client, USER, yearly)
 
     process(settings, store_event(conn, "payment_succeeded", paid(pending, amount=9900)))
 
@@ -296,7 +297,7 @@ def test_concurrent_successes_through_real_workers_activate_once(
 def test_complete_subscription_returns_the_existing_client_secret(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, pending: dict[str, Any]
 ) -> None:
-    out = subscriptions.complete(conn, client, uuid.UUID(pending["subscription_id"]))
+    out = commands.complete(conn, client, uuid.UUID(pending["subscription_id"]))
     assert out == pending
     assert len(fake.calls) == 1  # only the subscribe's create
 
@@ -306,10 +307,10 @@ def test_complete_subscription_creates_the_payment_the_first_try_lost(
 ) -> None:
     fake.fail_next("POST /payments", Failure(status=504))
     with pytest.raises(errors.PaymentProviderUnavailable) as raised:
-        subscriptions.subscribe(conn, client, USER, monthly)
+        commands.subscribe(conn, client, USER, monthly)
     assert raised.value.output is not None and raised.value.output["client_secret"] is None
 
-    out = subscriptions.complete(conn, client, the_subscription(conn)["id"])
+    out = commands.complete(conn, client, the_subscription(conn)["id"])
 
     assert out["client_secret"] == invoices(conn)[0]["client_secret"] is not None
     assert len(fake.payments) == 1
@@ -321,7 +322,7 @@ def test_complete_subscription_of_another_status_is_refused(
 ) -> None:
     conn.execute("UPDATE user_subscriptions SET status = %s", [status])
     with pytest.raises(errors.DomainError, match=f"is {status}, not pending_payment"):
-        subscriptions.complete(conn, client, uuid.UUID(pending["subscription_id"]))
+        commands.complete(conn, client, uuid.UUID(pending["subscription_id"]))
 
 
 # -- the feature gate -------------------------------------------------------------------------------
@@ -340,12 +341,12 @@ def test_complete_subscription_of_another_status_is_refused(
 def test_the_gate_grants_only_active_and_trialing(
     conn: psycopg.Connection[Any], free: uuid.UUID, status: str, allowed: bool, reason: str | None
 ) -> None:
-    subscriptions.subscribe(conn, None, USER, free)
+    commands.subscribe(conn, None, USER, free)
     conn.execute(
         "UPDATE user_subscriptions SET status = %s, trial_ends_at = now() + interval '1 day'", [status]
     )
 
-    view = subscriptions.status(conn, USER)
+    view = gate.status(conn, USER)
 
     assert view["allowed"] is allowed and view["status"] == status
     assert view.get("reason") == reason
@@ -354,16 +355,16 @@ def test_the_gate_grants_only_active_and_trialing(
 def test_the_gate_prefers_the_live_subscription_and_knows_users_without_one(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, free: uuid.UUID, monthly: uuid.UUID
 ) -> None:
-    assert subscriptions.status(conn, USER) == {
+    assert gate.status(conn, USER) == {
         "user_id": str(USER),
         "allowed": False,
         "reason": "no subscription",
         "status": None,
     }
-    subscriptions.subscribe(conn, client, USER, monthly)
+    commands.subscribe(conn, client, USER, monthly)
     conn.execute("UPDATE user_subscriptions SET status = 'expired', created_at = now() + interval '1 hour'")
-    subscriptions.subscribe(conn, client, USER, free)
-    assert subscriptions.status(conn, USER)["status"] == "active"
+    commands.subscribe(conn, client, USER, free)
+    assert gate.status(conn, USER)["status"] == "active"
 
 
 # -- trial end --------------------------------------------------------------------------------------
@@ -374,7 +375,7 @@ def start_trials(
 ) -> list[uuid.UUID]:
     users = [uuid.uuid4() for _ in range(count)]
     for user in users:
-        subscriptions.subscribe(conn, None, user, plan_id)
+        commands.subscribe(conn, None, user, plan_id)
     if ended:
         conn.execute(
             "UPDATE user_subscriptions SET trial_ends_at = now() - interval '1 minute'"
@@ -440,9 +441,9 @@ def test_trial_end_without_a_provider_still_stops_access_and_the_invoice_waits(
     [user] = start_trials(conn, with_trial, 1)
 
     assert billing.end_trials(conn, None)["no_provider"] == 1
-    assert subscriptions.status(conn, user)["allowed"] is False
+    assert gate.status(conn, user)["allowed"] is False
     subscription_id = the_subscription(conn, user)["id"]
-    assert subscriptions.complete(conn, client, subscription_id)["client_secret"]
+    assert commands.complete(conn, client, subscription_id)["client_secret"]
 
 
 # -- the CLI ----------------------------------------------------------------------------------------

@@ -22,11 +22,11 @@ from veza_worker import (
     ops,
     orders,
     refunds,
-    subscriptions,
     sweeps,
     webhooks,
 )
 from veza_worker.settings import Settings
+from veza_worker.subscriptions import commands, gate
 
 Command = Callable[[argparse.Namespace, Settings], Any]
 
@@ -83,17 +83,17 @@ def cmd_refund(args: argparse.Namespace, settings: Settings) -> Any:
 
 def cmd_subscribe(args: argparse.Namespace, settings: Settings) -> Any:
     with db.connect(settings.database_url) as conn:
-        return subscriptions.subscribe(conn, hyperswitch.from_settings(settings), args.user_id, args.plan_id)
+        return commands.subscribe(conn, hyperswitch.from_settings(settings), args.user_id, args.plan_id)
 
 
 def cmd_complete_subscription(args: argparse.Namespace, settings: Settings) -> Any:
     with db.connect(settings.database_url) as conn:
-        return subscriptions.complete(conn, hyperswitch.from_settings(settings), args.subscription_id)
+        return commands.complete(conn, hyperswitch.from_settings(settings), args.subscription_id)
 
 
 def cmd_subscription_status(args: argparse.Namespace, settings: Settings) -> Any:
     with db.connect(settings.database_url) as conn:
-        return subscriptions.status(conn, args.user_id, settings.subscription_grace)
+        return gate.status(conn, args.user_id, settings.subscription_grace)
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> Any:
@@ -111,14 +111,12 @@ def cmd_disputes(args: argparse.Namespace, settings: Settings) -> Any:
 
 def cmd_cancel_subscription(args: argparse.Namespace, settings: Settings) -> Any:
     with db.connect(settings.database_url) as conn:
-        return subscriptions.cancel(
-            conn, hyperswitch.from_settings(settings), args.subscription_id, now=args.now
-        )
+        return commands.cancel(conn, hyperswitch.from_settings(settings), args.subscription_id, now=args.now)
 
 
 def cmd_resume_subscription(args: argparse.Namespace, settings: Settings) -> Any:
     with db.connect(settings.database_url) as conn:
-        return subscriptions.resume(conn, args.subscription_id)
+        return commands.resume(conn, args.subscription_id)
 
 
 def _uuid(value: str) -> uuid.UUID:
@@ -139,10 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log what the command does on stderr (clock always logs)"
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Command, help: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help)
+        sub = subparsers.add_parser(name, help=help, description=help)
         sub.set_defaults(func=func)
         return sub
 
@@ -179,8 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
         "a payable attempt (client_secret) for a pending_payment or past_due subscription",
     )
     complete.add_argument("subscription_id", metavar="SUBSCRIPTION_ID", type=_uuid)
-    gate = add("subscription-status", cmd_subscription_status, "the feature-gate view of a user")
-    gate.add_argument("user_id", metavar="USER_ID", type=_uuid)
+    status = add("subscription-status", cmd_subscription_status, "the feature-gate view of a user")
+    status.add_argument("user_id", metavar="USER_ID", type=_uuid)
     add("status", cmd_status, "what on-call reads first; exit 1 when a sweep is overdue or rows need a human")
     listed = add("disputes", cmd_disputes, "the disputes, nearest challenge deadline first (JSON array)")
     listed.add_argument("--open", action="store_true", help="only disputes not closed yet")

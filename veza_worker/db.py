@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, LiteralString, cast
+from typing import Any, LiteralString, TypeVar, cast
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import class_row
 from psycopg_pool import ConnectionPool
 
 log = logging.getLogger(__name__)
 
 Connection = psycopg.Connection[Any]
+Row = TypeVar("Row")
 
 _HEADER = re.compile(r"^-- (\w+) --\n(?:--.*\n)*", re.MULTILINE)  # name line + description lines
 _MIGRATION = re.compile(r"^(\d{4})_(\w+)\.sql$")
@@ -31,9 +34,15 @@ def parse_queries(text: str) -> dict[str, LiteralString]:
 
 
 def load_queries(module: str) -> dict[str, LiteralString]:
-    """The queries of `veza_worker/<name>.sql`, for the module `veza_worker.<name>`."""
+    """The queries of `<package>/<name>.sql`, for the module `<package>.<name>`: the .sql beside it."""
     package, _, name = module.rpartition(".")
     return parse_queries(resources.files(package).joinpath(f"{name}.sql").read_text("utf-8"))
+
+
+def one(conn: Connection, kind: type[Row], query: LiteralString, params: Mapping[str, Any]) -> Row | None:
+    """The first row a query returns, as a `kind`: a dataclass whose fields are its columns."""
+    with conn.cursor(row_factory=class_row(kind)) as cur:
+        return cur.execute(query, params).fetchone()
 
 
 def is_transient(exc: BaseException) -> bool:

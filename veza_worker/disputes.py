@@ -21,19 +21,42 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from psycopg.rows import class_row, dict_row
 
-from veza_worker import db, errors, events, orders, subscriptions
+from veza_worker import db, errors, events, hyperswitch, orders
+from veza_worker.settings import Settings
+from veza_worker.subscriptions import commands, invoices, model
 
 log = logging.getLogger(__name__)
 QUERIES = db.load_queries(__name__)
 
-OPENED, CHALLENGED = "dispute_opened", "dispute_challenged"
-WON = ("dispute_won", "dispute_cancelled")
-LOST = ("dispute_lost", "dispute_accepted", "dispute_expired")
-RANK = {"none": 0, OPENED: 1, CHALLENGED: 2, **dict.fromkeys(WON + LOST, 3)}
+
+class Status(StrEnum):
+    """disputes.status: Hyperswitch's own dispute_status strings, and `none` for a dispute recorded
+    before any of its steps was applied (a payment we did not know yet)."""
+
+    NONE = "none"
+    OPENED = "dispute_opened"
+    CHALLENGED = "dispute_challenged"
+    WON = "dispute_won"
+    CANCELLED = "dispute_cancelled"
+    LOST = "dispute_lost"
+    ACCEPTED = "dispute_accepted"
+    EXPIRED = "dispute_expired"
+
+
+WON = (Status.WON, Status.CANCELLED)  # the money stays ours
+LOST = (Status.LOST, Status.ACCEPTED, Status.EXPIRED)  # the money went back to the customer
+# Keyed by text too: a webhook's status arrives as a plain string.
+RANK: dict[str, int] = {
+    Status.NONE: 0,
+    Status.OPENED: 1,
+    Status.CHALLENGED: 2,
+    **dict.fromkeys(WON + LOST, 3),
+}
 FINAL_RANK = 3
 
 
@@ -46,7 +69,7 @@ class Dispute:
     amount: int
     currency: str
     stage: str
-    status: str
+    status: str  # a Status
     held: bool
     closed_at: datetime | None
 
@@ -72,7 +95,7 @@ def report(event_type: str | None, data: Any) -> Report:
     if dispute_id is None or payment_id is None:
         raise events.BadDelivery("missing dispute_id or payment_id")
     status = data.get("dispute_status") if data.get("dispute_status") in RANK else event_type
-    if status not in RANK or status == "none":
+    if status not in RANK or status == Status.NONE:
         raise events.BadDelivery("invalid dispute status")
     amount = data.get("amount")  # a string of minor units (StringMinorUnit)
     if not (isinstance(amount, str) and amount.isascii() and amount.isdigit()):
@@ -107,14 +130,14 @@ def lock(conn: db.Connection, dispute_id: str) -> Dispute | None:
 # -- the webhook ------------------------------------------------------------------------------------
 
 
-def handle_dispute(conn: db.Connection, event: events.Event, settings: Any) -> str:
+def handle_dispute(conn: db.Connection, event: events.Event, settings: Settings) -> str:
     """Any dispute_* event: recorded always; applied to its order or subscription by rank."""
     new = report(event.event_type, event.data)
     order = orders.lock_by_payment(conn, new.payment_id)
-    invoice = None if order is not None else subscriptions.find_invoice_by_payment(conn, new.payment_id)
+    invoice = None if order is not None else invoices.find_by_payment(conn, new.payment_id)
     subscription = None
     if invoice is not None:
-        subscription = subscriptions.lock(conn, invoice[1])
+        subscription = model.lock(conn, invoice[1])
     params = {
         "id": new.id,
         "payment_id": new.payment_id,
@@ -142,7 +165,7 @@ def handle_dispute(conn: db.Connection, event: events.Event, settings: Any) -> s
         assert subscription is not None
         held = False
         if new.status in LOST:
-            _cancel_subscription(conn, subscription, dispute)
+            _cancel_subscription(conn, subscription, dispute, settings)
     _move(conn, dispute, new, held=held)
     log.info("dispute %s %s → %s (payment %s)", dispute.id, dispute.status, new.status, new.payment_id)
     return "ok"
@@ -165,7 +188,7 @@ def _move(conn: db.Connection, dispute: Dispute, new: Report, *, held: bool) -> 
 def _apply_to_order(conn: db.Connection, order: orders.Order, dispute: Dispute, new: Report) -> bool:
     """The money effects of moving `dispute` to `new.status`; whether the opening's hold stands."""
     held = dispute.held
-    if dispute.status == "none":  # opening (a final event first opens, then closes)
+    if dispute.status == Status.NONE:  # opening (a final event first opens, then closes)
         held = _open(conn, order, dispute)
     if new.status in WON and held:
         _won(conn, order, dispute)
@@ -176,7 +199,7 @@ def _apply_to_order(conn: db.Connection, order: orders.Order, dispute: Dispute, 
 
 
 def _open(conn: db.Connection, order: orders.Order, dispute: Dispute) -> bool:
-    if order.status != "completed":
+    if order.status != orders.Status.COMPLETED:
         log.error(
             "dispute %s opened on order %s, which is %s: recorded, no balance changed; needs a human",
             dispute.id,
@@ -185,7 +208,7 @@ def _open(conn: db.Connection, order: orders.Order, dispute: Dispute) -> bool:
         )
         return False
     params = {"order_id": order.id, "dispute_id": dispute.id, "currency": order.currency}
-    conn.execute(QUERIES["set_order_status"], {"order_id": order.id, "status": "disputed"})
+    conn.execute(QUERIES["set_order_status"], {"order_id": order.id, "status": orders.Status.DISPUTED})
     conn.execute(QUERIES["hold_transfers"], params)
     for seller_id, taken, owed in conn.execute(QUERIES["debit_for_dispute"], params).fetchall():
         if taken < owed:
@@ -201,31 +224,52 @@ def _open(conn: db.Connection, order: orders.Order, dispute: Dispute) -> bool:
 
 
 def _won(conn: db.Connection, order: orders.Order, dispute: Dispute) -> None:
-    conn.execute(QUERIES["set_order_status"], {"order_id": order.id, "status": "completed"})
+    conn.execute(QUERIES["set_order_status"], {"order_id": order.id, "status": orders.Status.COMPLETED})
     conn.execute(QUERIES["recredit_for_dispute"], {"dispute_id": dispute.id})
     conn.execute(QUERIES["release_transfers"], {"order_id": order.id})
     log.info("dispute %s won on order %s: sellers re-credited, transfers released", dispute.id, order.id)
 
 
 def _lost(conn: db.Connection, order: orders.Order) -> None:
-    conn.execute(QUERIES["set_order_status"], {"order_id": order.id, "status": "charged_back"})
+    conn.execute(QUERIES["set_order_status"], {"order_id": order.id, "status": orders.Status.CHARGED_BACK})
     conn.execute(QUERIES["revoke_order_licenses"], {"order_id": order.id})
     conn.execute(QUERIES["reverse_open_transfers"], {"order_id": order.id})
     log.warning("order %s charged back: licenses revoked, transfers reversed", order.id)
 
 
 def _cancel_subscription(
-    conn: db.Connection, subscription: subscriptions.Subscription, dispute: Dispute
+    conn: db.Connection, subscription: model.Subscription, dispute: Dispute, settings: Settings
 ) -> None:
-    if subscription.status in ("canceled", "expired"):
+    """Canceled at once, as `cancel-subscription --now` does: a pending invoice's PSP payment is
+    cancelled and the invoice failed, so the customer is not charged again."""
+    if subscription.status in model.ENDED:
         return
-    conn.execute(subscriptions.QUERIES["cancel_now"], {"subscription_id": subscription.id})
     log.warning(
         "subscription %s canceled: dispute %s on its payment %s was lost",
         subscription.id,
         dispute.id,
         dispute.payment_id,
     )
+    # Handlers get no PSP client; a lost dispute is rare enough to open one of its own.
+    client = hyperswitch.from_settings(settings)
+    try:
+        commands.cancel_now(conn, client, subscription)
+    finally:
+        if client is not None:
+            client.close()
+
+
+# -- for the reconciler -----------------------------------------------------------------------------
+
+
+def known_statuses(conn: db.Connection, dispute_ids: list[str]) -> dict[str, str]:
+    """Our status of each of these disputes that we hold."""
+    return dict(conn.execute(QUERIES["known_statuses"], {"ids": dispute_ids}).fetchall())
+
+
+def oldest_open(conn: db.Connection, limit: int) -> list[str]:
+    """Ours still open, the ones asked about longest ago first."""
+    return [r[0] for r in conn.execute(QUERIES["open_disputes"], {"limit": limit})]
 
 
 # -- for ops ----------------------------------------------------------------------------------------

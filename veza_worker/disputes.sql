@@ -99,7 +99,7 @@ UPDATE orders SET status = %(status)s, updated_at = now() WHERE id = %(order_id)
 -- Ours still open, the ones asked about longest ago first (disputes_open_idx).
 SELECT id FROM disputes WHERE closed_at IS NULL ORDER BY updated_at LIMIT %(limit)s;
 
--- known_ranks --
+-- known_statuses --
 SELECT id, status FROM disputes WHERE id = ANY(%(ids)s::text[]);
 
 -- warn_deadlines --

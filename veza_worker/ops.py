@@ -14,11 +14,10 @@ from psycopg.rows import dict_row
 
 from veza_worker import db, sweeps
 from veza_worker.settings import Settings
+from veza_worker.subscriptions import model
 
 log = logging.getLogger(__name__)
 QUERIES = db.load_queries(__name__)
-
-SUBSCRIPTION_STATUSES = ("active", "trialing", "pending_payment", "past_due", "expired", "canceled")
 
 
 def stuck(conn: db.Connection, settings: Settings) -> dict[str, int]:
@@ -33,7 +32,7 @@ def stuck(conn: db.Connection, settings: Settings) -> dict[str, int]:
 
 def subscriptions_by_status(conn: db.Connection) -> dict[str, int]:
     found = dict(conn.execute(QUERIES["subscriptions_by_status"]).fetchall())
-    return {status: found.get(status, 0) for status in SUBSCRIPTION_STATUSES}
+    return {str(status): found.get(status, 0) for status in model.Status}
 
 
 def gauges(conn: db.Connection, settings: Settings) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from psycopg.rows import class_row
@@ -22,11 +23,34 @@ QUERIES = db.load_queries(__name__)
 SUCCEEDED = "payment_succeeded"
 
 
+class Status(StrEnum):
+    """orders.status."""
+
+    PENDING = "pending"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    REFUND_PENDING = "refund_pending"  # one refund in flight (refunds.py)
+    REFUNDED = "refunded"
+    DISPUTED = "disputed"  # a dispute is open (disputes.py)
+    CHARGED_BACK = "charged_back"
+
+
+class TransferStatus(StrEnum):
+    """seller_transfers.status: an order's payment creates one pending transfer per seller; a
+    dispute holds them (disputes.py), a refund or a chargeback reverses them (refunds.py)."""
+
+    PENDING = "pending"
+    ON_HOLD = "on_hold"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    REVERSED = "reversed"
+
+
 @dataclass(frozen=True)
 class Order:
     id: uuid.UUID
     buyer_id: uuid.UUID
-    status: str
+    status: str  # a Status
     total_amount: int
     currency: str
     payment_id: str | None
@@ -58,7 +82,7 @@ def confirm(conn: db.Connection, client: hyperswitch.Client, order_id: uuid.UUID
         order = lock(conn, order_id)
         if order is None:
             raise errors.NotFound(f"order {order_id} not found")
-        if order.status != "pending":
+        if order.status != Status.PENDING:
             raise errors.DomainError(f"order {order_id} is {order.status}, not pending")
         payment_id = order.payment_id or hyperswitch.merchant_id("pay", order.id)
         if order.payment_id is None:  # stored before the call: a webhook or a retry always finds it
@@ -103,8 +127,8 @@ def apply_payment(conn: db.Connection, order: Order, event: events.Event, refund
     captured less than the order (which then fails), is refunded in full automatically.
     """
     outcome = events.payment_outcome(event.event_type, event.data)
-    if order.status != "pending":
-        if outcome.kind != "failed" and order.status == "failed":
+    if order.status != Status.PENDING:
+        if outcome.kind != "failed" and order.status == Status.FAILED:
             return _refund_automatically(conn, order, outcome.captured, "payment for a failed order")
         return f"skipped: order already {order.status}"
     if outcome.kind == "failed":

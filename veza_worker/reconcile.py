@@ -19,8 +19,9 @@ from typing import Any
 
 from psycopg.rows import class_row
 
-from veza_worker import db, disputes, errors, hyperswitch, metrics, refunds, subscriptions, webhooks
+from veza_worker import db, disputes, errors, hyperswitch, metrics, refunds, webhooks
 from veza_worker.settings import Settings
+from veza_worker.subscriptions import invoices, model
 
 log = logging.getLogger(__name__)
 QUERIES = db.load_queries(__name__)
@@ -387,39 +388,39 @@ def _invoice(context: Context, stuck: Stuck) -> Outcome:
     payment = _fetch(context, client.get_payment, stuck.psp_id, "payment_id")
     if payment is None:
         return Outcome("psp_error")
-    invoice = subscriptions.lock_invoice(conn, stuck.id)
+    invoice = invoices.lock(conn, stuck.id)
     assert invoice is not None
     status = str(payment.get("status"))
     if status == "not_found" and invoice.submitted_at is None:  # our create never reached it
-        sent = subscriptions.send(conn, client, invoice.id)
+        sent = invoices.send(conn, client, invoice.id)
         return Outcome("resent" if sent.submitted_at is not None else "psp_error", status)
     event_type = PAYMENT_EVENTS.get(status)
     if event_type is not None:
         return _synthetic(context, event_type, "payment_details", payment)
-    subscription = subscriptions.lock(conn, invoice.subscription_id)
+    subscription = model.lock(conn, invoice.subscription_id)
     assert subscription is not None
     reason = _abandon_reason(subscription, invoice, status, stuck.stuck_for, context.settings)
     if reason is not None:
-        result = subscriptions.abandon(conn, client, subscription, invoice, reason)
+        result = invoices.abandon(conn, client, subscription, invoice, reason)
         log.info(
             "reconcile: invoice %s payment %s abandoned (%s): %s", invoice.id, stuck.psp_id, reason, result
         )
         return Outcome("cancelled" if result is not None else "psp_error", status, result)
     if invoice.client_secret is None and payment.get("client_secret"):
-        subscriptions.store_client_secret(conn, invoice, payment["client_secret"])
+        invoices.store_client_secret(conn, invoice, payment["client_secret"])
         return Outcome("client_secret_stored", status)
     return Outcome("unchanged", status)
 
 
 def _abandon_reason(
-    subscription: subscriptions.Subscription,
-    invoice: subscriptions.Invoice,
+    subscription: model.Subscription,
+    invoice: invoices.Invoice,
     psp_status: str,
     age: timedelta,
     settings: Settings,
 ) -> str | None:
     """Why a payment that is not final should be cancelled now, or None to keep waiting."""
-    if subscription.status in ("expired", "canceled"):
+    if subscription.status in model.ENDED:
         return f"subscription {subscription.status}"
     if invoice.off_session and psp_status == "requires_customer_action":
         return "authentication required off-session"
@@ -443,13 +444,8 @@ def _disputes(context: Context) -> dict[str, Any]:
         return {"checked": 0, "psp_error": 1, "stopped_early": True}
     seen = {str(d.get("dispute_id")): d for d in listed}
     with context.conn.transaction():
-        ours = dict(context.conn.execute(disputes.QUERIES["known_ranks"], {"ids": list(seen)}).fetchall())
-        still_open = [
-            r[0]
-            for r in context.conn.execute(
-                disputes.QUERIES["open_disputes"], {"limit": context.settings.reconcile_batch_size}
-            )
-        ]
+        ours = disputes.known_statuses(context.conn, list(seen))
+        still_open = disputes.oldest_open(context.conn, context.settings.reconcile_batch_size)
     candidates = [(d, ours.get(dispute_id)) for dispute_id, d in seen.items()]
     read_errors = 0
     for dispute_id in still_open:
@@ -457,7 +453,7 @@ def _disputes(context: Context) -> dict[str, Any]:
             continue
         try:
             candidates.append(
-                (context.client.get_dispute(dispute_id), ours.get(dispute_id, "dispute_opened"))
+                (context.client.get_dispute(dispute_id), ours.get(dispute_id, disputes.Status.OPENED))
             )
             read_errors = 0
         except errors.HyperswitchError as exc:

@@ -21,6 +21,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 import psycopg
@@ -38,11 +39,19 @@ DEFAULT_REASON = "requested_by_customer"
 MAX_NOTE_CHARS = 500  # Hyperswitch metadata values are capped at 500 characters
 
 
+class Status(StrEnum):
+    """refunds.status: pending until the PSP's final word (a webhook or the reconciler)."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
 @dataclass(frozen=True)
 class Refund:
     id: uuid.UUID
     order_id: uuid.UUID | None  # None for an invoice's automatic refund
-    status: str
+    status: str  # a Status
     amount: int
     currency: str
     hyperswitch_refund_id: str
@@ -137,7 +146,7 @@ def open_refund(
         except psycopg.errors.UniqueViolation as exc:  # a pending refund the order status did not show
             raise errors.DomainError("refund already in progress") from exc
         _add_items(conn, refund_id, [item.id for item in chosen])
-        _set_order_status(conn, order.id, "refund_pending")
+        _set_order_status(conn, order.id, orders.Status.REFUND_PENDING)
     log.info(
         "refund %s opened for order %s by %s: %d items, %d %s",
         opened.hyperswitch_refund_id,
@@ -199,11 +208,11 @@ def _add_items(conn: db.Connection, refund_id: uuid.UUID, item_ids: list[uuid.UU
 
 def _refundable(order: orders.Order, refund_window: timedelta) -> str:
     """The payment to refund, or the DomainError that says why this order cannot be refunded."""
-    if order.status == "refund_pending":
+    if order.status == orders.Status.REFUND_PENDING:
         raise errors.DomainError("refund already in progress")
-    if order.status in ("disputed", "charged_back"):
+    if order.status in (orders.Status.DISPUTED, orders.Status.CHARGED_BACK):
         raise errors.DomainError(f"order has a dispute: order {order.id} is {order.status}")
-    if order.status != "completed":
+    if order.status != orders.Status.COMPLETED:
         raise errors.DomainError(f"order {order.id} is {order.status}: only completed orders can be refunded")
     if order.payment_id is None or order.total_amount == 0:
         raise errors.DomainError(f"order {order.id} has no payment to refund")
@@ -313,8 +322,10 @@ def adopt(conn: db.Connection, order: orders.Order, psp_id: str, event: Event) -
         return "error: invalid refund amount"
     status = _psp_status(event)
     message = event.data.get("error_message")
-    applies = status == "succeeded" and order.status == "completed"
-    recorded = "pending" if applies or status not in ("succeeded", "failed") else status
+    applies = status == "succeeded" and order.status == orders.Status.COMPLETED
+    # Pending when settle applies it below, or while the PSP has not decided; a refund the PSP
+    # decided and that changes nothing here is recorded with the PSP's final status, ours too.
+    recorded = Status.PENDING if applies or status not in ("succeeded", "failed") else Status(status)
     reason = event.data.get("reason")
     refund_id = uuid.uuid4()
     conn.execute(
@@ -375,8 +386,8 @@ def settle(
 
     A terminal refund ignores it; a success for another amount than ours changes nothing.
     """
-    if refund.status != "pending":
-        if status == "succeeded" and refund.status == "failed":
+    if refund.status != Status.PENDING:
+        if status == "succeeded" and refund.status == Status.FAILED:
             log.error(
                 "refund %s is failed but the psp refunded it: needs a human", refund.hyperswitch_refund_id
             )
@@ -441,7 +452,9 @@ def _take_remaining_items(conn: db.Connection, order: orders.Order, refund: Refu
     """A refund without items (made at the PSP, or from before refunds had items) refunds the
     items left when it is for exactly their amount, on an order that is ours to move."""
     left = [i for i in order_items(conn, order.id) if not i.refunded and not i.in_flight]
-    ours_to_move = order.status == ("refund_pending" if refund.requested_by else "completed")
+    ours_to_move = order.status == (
+        orders.Status.REFUND_PENDING if refund.requested_by else orders.Status.COMPLETED
+    )
     if ours_to_move and left and sum(i.amount for i in left) == refund.amount:
         _add_items(conn, refund.id, [i.id for i in left])
         return True
@@ -464,12 +477,12 @@ def _reverse_transfers(conn: db.Connection, order: orders.Order, refund: Refund)
 
 def _fail(conn: db.Connection, order: orders.Order, refund: Refund, message: str) -> None:
     conn.execute(QUERIES["fail_refund"], {"refund_id": refund.id, "error_message": message})
-    if order.status == "refund_pending":
-        _set_order_status(conn, order.id, "completed")
+    if order.status == orders.Status.REFUND_PENDING:
+        _set_order_status(conn, order.id, orders.Status.COMPLETED)
     log.warning(
         "refund %s failed: %s; order %s back to completed", refund.hyperswitch_refund_id, message, order.id
     )
 
 
-def _set_order_status(conn: db.Connection, order_id: uuid.UUID, status: str) -> None:
+def _set_order_status(conn: db.Connection, order_id: uuid.UUID, status: orders.Status) -> None:
     conn.execute(QUERIES["set_order_status"], {"order_id": order_id, "status": status})

@@ -21,8 +21,9 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from veza_worker import automatic_refunds, billing, db, errors, hyperswitch, reconcile, retention, webhooks
+from veza_worker import automatic_refunds, db, errors, hyperswitch, reconcile, retention, webhooks
 from veza_worker.settings import Settings
+from veza_worker.subscriptions import billing
 
 log = logging.getLogger(__name__)
 QUERIES = db.load_queries(__name__)

@@ -28,6 +28,12 @@ UPDATE user_subscriptions s
  WHERE s.id IN (SELECT id FROM active_due UNION ALL SELECT id FROM trial_due)
 RETURNING s.id;
 
+-- activate_free --
+-- A free plan (a trial of one ending): active, with no period, never renewed.
+UPDATE user_subscriptions
+   SET status = 'active', current_period_start = now(), current_period_end = NULL, updated_at = now()
+ WHERE id = %(subscription_id)s;
+
 -- claim_due_renewals --
 -- Active paid subscriptions whose period has ended and that have no payment under way, oldest
 -- first (user_subscriptions_renewal_idx: the cost is the due rows', not the table's).

@@ -25,9 +25,11 @@ from datetime import timedelta
 
 from psycopg.rows import class_row
 
-from veza_worker import db, hyperswitch, subscriptions
+from veza_worker import db, hyperswitch
 from veza_worker.settings import Settings
-from veza_worker.subscriptions import Invoice, Subscription
+from veza_worker.subscriptions import invoices, model
+from veza_worker.subscriptions.invoices import Invoice
+from veza_worker.subscriptions.model import Subscription
 
 log = logging.getLogger(__name__)
 QUERIES = db.load_queries(__name__)
@@ -77,15 +79,13 @@ def _claim(conn: db.Connection, query: str, limit: int) -> list[Subscription]:
 
 
 def _end_trial(conn: db.Connection, subscription: Subscription) -> tuple[Subscription, Invoice | None]:
-    plan = subscriptions.get_plan(conn, subscription.plan_id)
+    plan = model.get_plan(conn, subscription.plan_id)
     if plan.amount == 0:
-        conn.execute(subscriptions.QUERIES["activate_free"], {"subscription_id": subscription.id})
-        return replace(subscription, status="active"), None
-    conn.execute(
-        subscriptions.QUERIES["set_status"], {"subscription_id": subscription.id, "status": "pending_payment"}
-    )
-    subscription = replace(subscription, status="pending_payment")
-    invoice = subscriptions.new_invoice(conn, subscription, None, off_session=False)
+        conn.execute(QUERIES["activate_free"], {"subscription_id": subscription.id})
+        return replace(subscription, status=model.Status.ACTIVE), None
+    model.set_status(conn, subscription.id, model.Status.PENDING_PAYMENT)
+    subscription = replace(subscription, status=model.Status.PENDING_PAYMENT)
+    invoice = invoices.new(conn, subscription, None, off_session=False)
     assert invoice is not None  # the claim holds the row: nobody else invoices it
     return subscription, invoice
 
@@ -101,8 +101,8 @@ def _charge_after_trial(
     if client is None:
         log.warning("subscription %s trial ended with no payment provider: invoice waits", subscription.id)
         return "no_provider"
-    sent = subscriptions.send(conn, client, invoice.id)
-    if sent.status == "failed":
+    sent = invoices.send(conn, client, invoice.id)
+    if sent.status == invoices.Status.FAILED:
         return "rejected"
     if sent.submitted_at is None:
         return "ambiguous"
@@ -145,27 +145,25 @@ def _renewals(
     while True:
         with conn.transaction():
             claimed = [r[0] for r in conn.execute(QUERIES["claim_due_renewals"], {"limit": batch_size})]
-            invoices = [i for i in (_open_renewal(conn, s, counts) for s in claimed) if i is not None]
-        _send_all(conn, client, invoices, counts)
-        if len(claimed) < batch_size or not invoices:
+            opened = [i for i in (_open_renewal(conn, s, counts) for s in claimed) if i is not None]
+        _send_all(conn, client, opened, counts)
+        if len(claimed) < batch_size or not opened:
             return
 
 
 def _open_renewal(conn: db.Connection, subscription_id: uuid.UUID, counts: Counter[str]) -> Invoice | None:
     """The next period's invoice, in the claim's transaction; without a saved method the
     subscription is past_due at once (the customer must pay on-session)."""
-    subscription = subscriptions.lock(conn, subscription_id)
+    subscription = model.lock(conn, subscription_id)
     assert subscription is not None
     off_session = subscription.payment_method_id is not None
-    invoice = subscriptions.new_invoice(
-        conn, subscription, subscription.current_period_end, off_session=off_session
-    )
+    invoice = invoices.new(conn, subscription, subscription.current_period_end, off_session=off_session)
     if invoice is None:
         return None  # another sweep made this period's invoice first
     counts["invoiced"] += 1
     if not off_session:
         counts["on_session"] += 1
-        conn.execute(subscriptions.QUERIES["set_past_due"], {"subscription_id": subscription.id})
+        model.set_past_due(conn, subscription.id)
         log.info("subscription %s past_due: no saved payment method for the renewal", subscription.id)
     return invoice
 
@@ -193,9 +191,9 @@ def _dunning(
 
 
 def _open_retry(conn: db.Connection, subscription_id: uuid.UUID) -> Invoice | None:
-    subscription = subscriptions.lock(conn, subscription_id)
+    subscription = model.lock(conn, subscription_id)
     assert subscription is not None
-    invoice = subscriptions.new_invoice(conn, subscription, subscription.current_period_end, off_session=True)
+    invoice = invoices.new(conn, subscription, subscription.current_period_end, off_session=True)
     if invoice is not None:
         conn.execute(QUERIES["next_dunning_step"], {"subscription_id": subscription.id})
         log.info(
@@ -211,20 +209,16 @@ def _expire(conn: db.Connection, client: hyperswitch.Client | None, subscription
     """Dunning is over. A pending on-session attempt is cancelled at the PSP first: if it was paid
     after all, the subscription is active again and stays so."""
     with conn.transaction():
-        subscription = subscriptions.lock(conn, subscription_id)
+        subscription = model.lock(conn, subscription_id)
         assert subscription is not None
-        invoice = subscriptions.pending_invoice(conn, subscription_id)
-        if subscription.status == "past_due" and invoice is not None and client is not None:
-            subscriptions.abandon(
-                conn, client, subscription, invoice, "subscription expired: payment overdue"
-            )
-            subscription = subscriptions.lock(conn, subscription_id)
+        invoice = invoices.pending(conn, subscription_id)
+        if subscription.status == model.Status.PAST_DUE and invoice is not None and client is not None:
+            invoices.abandon(conn, client, subscription, invoice, "subscription expired: payment overdue")
+            subscription = model.lock(conn, subscription_id)
             assert subscription is not None
-        if subscription.status != "past_due":
+        if subscription.status != model.Status.PAST_DUE:
             return 0
-        conn.execute(
-            subscriptions.QUERIES["set_status"], {"subscription_id": subscription_id, "status": "expired"}
-        )
+        model.set_status(conn, subscription_id, model.Status.EXPIRED)
     log.info("subscription %s expired: dunning exhausted", subscription_id)
     return 1
 
@@ -235,22 +229,22 @@ def _resend(conn: db.Connection, client: hyperswitch.Client, counts: Counter[str
         unsent = [r[0] for r in conn.execute(QUERIES["unsent_invoices"], params)]
     for invoice_id in unsent:
         counts["resent"] += 1
-        _count(subscriptions.send(conn, client, invoice_id), counts)
+        _count(invoices.send(conn, client, invoice_id), counts)
 
 
 def _send_all(
-    conn: db.Connection, client: hyperswitch.Client | None, invoices: list[Invoice], counts: Counter[str]
+    conn: db.Connection, client: hyperswitch.Client | None, opened: list[Invoice], counts: Counter[str]
 ) -> None:
     if client is None:
-        if invoices:
-            log.warning("%d renewal invoices wait: no payment provider configured", len(invoices))
+        if opened:
+            log.warning("%d renewal invoices wait: no payment provider configured", len(opened))
         return
-    for invoice in invoices:
-        _count(subscriptions.send(conn, client, invoice.id), counts)
+    for invoice in opened:
+        _count(invoices.send(conn, client, invoice.id), counts)
 
 
 def _count(sent: Invoice, counts: Counter[str]) -> None:
-    if sent.status in ("paid", "failed"):
+    if sent.status in (invoices.Status.PAID, invoices.Status.FAILED):
         counts[sent.status] += 1
     elif sent.submitted_at is None:
         counts["ambiguous"] += 1
