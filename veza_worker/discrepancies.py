@@ -21,6 +21,7 @@ QUERIES = db.load_queries(__name__)
 
 
 class Kind(StrEnum):
+    ORDER_ITEMS_MISMATCH = "order_items_mismatch"  # an order paid whose items do not add up to it
     REFUND_UNMATCHED = "refund_unmatched"  # a refund made at the PSP that matches no items left
     REFUND_OF_DISPUTED_ITEMS = "refund_of_disputed_items"  # the buyer was refunded while the bank took it
     REFUND_AMOUNT_MISMATCH = "refund_amount_mismatch"
