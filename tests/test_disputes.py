@@ -14,7 +14,10 @@ from tests.factories import (
     REFUND_WINDOW,
     SELLER_A,
     SELLER_B,
+    assert_audit_ok,
+    balances,
     make_plan,
+    paid_out,
     psp_settles,
     state,
     three_items,
@@ -128,33 +131,26 @@ def test_a_final_event_arriving_first_has_the_effects_of_both_steps(
     assert state(conn, order_id) == (CHARGED_BACK if final == "dispute_lost" else COMPLETED)
 
 
-def test_a_win_gives_back_exactly_what_was_taken_even_from_a_seller_at_zero(
+def test_a_dispute_after_a_payout_takes_a_debt_and_a_win_pays_it_back(
     conn: psycopg.Connection[Any], fake: FakeHyperswitch, settings: Settings
 ) -> None:
     order_id = three_items(conn, settings, fake)
-    conn.execute(
-        "UPDATE seller_balances SET balance = 0 WHERE seller_id = %s", [SELLER_A]
-    )  # paid out already
+    paid_out(conn, order_id, SELLER_A, 800)
     opened = dispute(fake, payment_of(conn, order_id), "dispute_opened")
     deliver(conn, settings, opened)
-    assert state(conn, order_id)["balances"] == {SELLER_A: 0, SELLER_B: 0}
-    debits = {r["seller_id"]: r["amount"] for r in rows(conn, "SELECT seller_id, amount FROM dispute_debits")}
-    assert debits == {SELLER_A: 0, SELLER_B: 200}
+    assert balances(conn) == {SELLER_A: (0, -800), SELLER_B: (0, 0)}  # A owes what the bank took
 
     deliver(conn, settings, moved(fake, opened, "dispute_won"))
 
-    assert state(conn, order_id)["balances"] == {SELLER_A: 0, SELLER_B: 200}  # nothing invented for A
+    assert balances(conn) == {SELLER_A: (0, 0), SELLER_B: (0, 200)}  # exactly what was taken, back
+    assert_audit_ok(conn)
 
 
 def test_two_workers_delivering_opened_and_lost_at_once(
     conn: psycopg.Connection[Any], fake: FakeHyperswitch, settings: Settings
 ) -> None:
     for _ in range(10):
-        conn.execute(
-            "DELETE FROM dispute_debits; DELETE FROM disputes; DELETE FROM licenses;"
-            " DELETE FROM seller_transfers; DELETE FROM seller_balances"
-        )
-        order_id = three_items(conn, settings, fake)
+        order_id = three_items(conn, settings, fake)  # each round nets A and B back to zero
         opened = dispute(fake, payment_of(conn, order_id), "dispute_opened")
         opened_log = store_event(conn, "dispute_opened", dict(opened))
         lost_log = store_event(conn, "dispute_lost", {**opened, "dispute_status": "dispute_lost"})
@@ -166,6 +162,7 @@ def test_two_workers_delivering_opened_and_lost_at_once(
         at_once(lambda: apply(opened_log), lambda: apply(lost_log))  # noqa: B023 (joined within the round)
         assert sorted(results) in (["ok", "ok"], ["ok", "skipped: dispute already dispute_lost"])
         assert state(conn, order_id) == CHARGED_BACK
+    assert_audit_ok(conn)
 
 
 def test_a_dispute_on_a_refunded_order_is_recorded_without_balance_effects(

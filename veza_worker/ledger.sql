@@ -50,7 +50,7 @@ SELECT EXISTS (SELECT 1 FROM ledger_transactions WHERE key = %(key)s);
 
 -- order_held --
 -- What each seller of an order still holds from it: what the order's hold release moves.
-SELECT split_part(e.account, ':', 2)::uuid AS seller_id, e.currency, sum(e.amount) AS amount
+SELECT split_part(e.account, ':', 2)::uuid AS seller_id, e.currency, sum(e.amount)::bigint AS amount
   FROM ledger_transactions t
   JOIN ledger_entries e ON e.transaction_id = t.id
  WHERE t.order_id = %(order_id)s

@@ -41,7 +41,7 @@ WITH completed AS (
         ON CONFLICT (order_item_id) DO NOTHING
  RETURNING 1
 ), by_seller AS (
-    SELECT seller_id, sum(amount) AS amount
+    SELECT seller_id, sum(amount)::bigint AS amount
       FROM order_items
      WHERE order_id = %(order_id)s
      GROUP BY seller_id

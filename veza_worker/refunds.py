@@ -376,7 +376,7 @@ def settle(
     return f"skipped: refund status {status or 'missing'}"
 
 
-def _succeed(conn: db.Connection, order: orders.Order, refund: Refund) -> str:
+def _succeed(conn: db.Connection, order: orders.Order, refund: Refund, *, explained: bool = False) -> str:
     """One transaction (the caller's): the refund succeeded, posted, and for its items only:
     licenses revoked, transfers reversed; the order's status follows. A refund with no items (made
     at the PSP) takes every item left when its amount is theirs. Items a dispute already took are
@@ -397,7 +397,8 @@ def _succeed(conn: db.Connection, order: orders.Order, refund: Refund) -> str:
     if taken:
         conn.execute(QUERIES["revoke_licenses"], params)
         _reverse_transfers(conn, order, refund)
-    _ask_about_what_sellers_did_not_cover(conn, order, refund, taken)
+    if not explained:  # the caller opened the discrepancy that says why
+        _ask_about_what_sellers_did_not_cover(conn, order, refund, taken)
     now = orders.follow_facts(conn, order.id)
     log.info("refund %s succeeded: order %s %s", refund.hyperswitch_refund_id, order.id, now)
     return "ok"
@@ -453,7 +454,7 @@ def _succeeded_after_failure(conn: db.Connection, order: orders.Order, refund: R
     if amount != refund.amount or any(i.refunded or i.in_flight for i in _items_of(conn, order, refund)):
         conn.execute(QUERIES["drop_refund_items"], {"refund_id": refund.id})
     conn.execute(QUERIES["set_refund_amount"], {"refund_id": refund.id, "amount": amount})
-    return _succeed(conn, order, dataclasses.replace(refund, amount=amount))
+    return _succeed(conn, order, dataclasses.replace(refund, amount=amount), explained=True)
 
 
 def _succeeded_for_another_amount(
@@ -473,7 +474,7 @@ def _succeeded_for_another_amount(
     )
     conn.execute(QUERIES["drop_refund_items"], {"refund_id": refund.id})
     conn.execute(QUERIES["set_refund_amount"], {"refund_id": refund.id, "amount": amount})
-    return _succeed(conn, order, dataclasses.replace(refund, amount=amount))
+    return _succeed(conn, order, dataclasses.replace(refund, amount=amount), explained=True)
 
 
 def _has_items(conn: db.Connection, refund: Refund) -> bool:
