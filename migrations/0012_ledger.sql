@@ -137,6 +137,14 @@ CREATE UNIQUE INDEX discrepancies_one_open ON discrepancies
     WHERE resolved_at IS NULL;
 CREATE INDEX discrepancies_open_idx ON discrepancies (created_at) WHERE resolved_at IS NULL;
 
+-- An automatic refund that failed before this migration was a "needs a human" row of its own.
+INSERT INTO discrepancies (kind, order_id, invoice_id, refund_id, amount, currency, detail, created_at)
+SELECT 'automatic_refund_failed', order_id, invoice_id, id, amount, currency,
+       'automatic refund ' || hyperswitch_refund_id || ' failed: ' || coalesce(error_message, '')
+       || ': money kept in suspense', coalesce(failed_at, updated_at)
+  FROM refunds
+ WHERE automatic AND status = 'failed';
+
 -- Opening balances: every movement rounds 1–2 made, posted once under the key its handler would
 -- use, so a late replay posts nothing and `audit` passes on a database round 2 filled.
 CREATE TEMP TABLE opening (

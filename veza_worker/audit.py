@@ -36,12 +36,20 @@ def run(conn: db.Connection) -> dict[str, Any]:
     return {"ok": not violations, "checks": list(CHECKS), "violations": violations}
 
 
-def counts(result: dict[str, Any]) -> dict[str, int]:
-    """What the audit sweep records in sweep_runs (and the gauge reads back)."""
-    return {"violations": len(result["violations"])}
+def verdict(result: dict[str, Any]) -> str | None:
+    """What `veza-worker audit` says on stderr when it exits 1: the first violation."""
+    if result["ok"]:
+        return None
+    first, count = result["violations"][0], len(result["violations"])
+    return f"ledger audit: {count} violations; {first['check']}: {first['object']} {first['detail']}"
+
+
+def last_state(conn: db.Connection) -> dict[str, Any]:
+    """The last audit sweep: when it finished and what it found (None before the first)."""
+    row = conn.execute(QUERIES["last_audit"]).fetchone()
+    return {"audited_at": row[0] if row else None, "violations": row[1] if row else None}
 
 
 def last_violations(conn: db.Connection) -> int | None:
-    """Violations the last audit sweep found; None before the first one."""
-    row = conn.execute(QUERIES["last_violations"]).fetchone()
-    return None if row is None else int(row[0])
+    row = conn.execute(QUERIES["last_audit"]).fetchone()
+    return None if row is None else int(row[1])

@@ -142,9 +142,9 @@ SELECT 'transaction ' || t.key AS object,
            OR d.invoice_id = t.invoice_id OR d.payout_id = t.payout_id)
  LIMIT %(limit)s;
 
--- last_violations --
--- What the last audit sweep found, for the veza_ledger_violations gauge.
-SELECT (counts ->> 'violations')::bigint
+-- last_audit --
+-- What the last audit sweep found: the veza_ledger_violations gauge and `status`.
+SELECT finished_at, jsonb_array_length(counts -> 'violations')
   FROM sweep_runs
  WHERE name = 'audit' AND finished_at IS NOT NULL AND error IS NULL
  ORDER BY started_at DESC
