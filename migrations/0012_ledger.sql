@@ -99,6 +99,12 @@ ALTER TABLE seller_balances
     ADD COLUMN available bigint NOT NULL DEFAULT 0,
     ADD COLUMN in_transit bigint NOT NULL DEFAULT 0;
 
+-- One refund of ours in flight per order; a refund made at the PSP (requested_by NULL) is the PSP's
+-- fact and is recorded beside it, whatever we have in flight.
+DROP INDEX refunds_one_pending_per_order;
+CREATE UNIQUE INDEX refunds_one_pending_per_order ON refunds (order_id)
+    WHERE status = 'pending' AND NOT automatic AND requested_by IS NOT NULL;
+
 -- An order's earnings move held → available once (the payout sweep releases them).
 ALTER TABLE orders ADD COLUMN hold_released_at timestamptz;
 

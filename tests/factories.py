@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from tests.fake_hyperswitch import FakeHyperswitch, settle_payment, settle_refund
+from tests.fake_hyperswitch import FakeHyperswitch, dispute, settle_payment, settle_refund
 from tests.support import PSP_API_KEY, make_order, process, row, rows, store_event
 from veza_worker import audit, hyperswitch, ledger
 from veza_worker.settings import Settings
@@ -179,3 +179,22 @@ def account(conn: psycopg.Connection[Any], name: str) -> int:
 def assert_audit_ok(conn: psycopg.Connection[Any]) -> None:
     with psycopg.connect(conn.info.dsn) as own:
         assert audit.run(own)["violations"] == []
+
+
+# -- disputes -----------------------------------------------------------------------------------------
+
+
+def deliver(
+    conn: psycopg.Connection[Any], settings: Settings, obj: dict[str, Any], status: str | None = None
+) -> str | None:
+    """A dispute object's webhook, stored and applied."""
+    return process(settings, store_event(conn, status or obj["dispute_status"], dict(obj)))
+
+
+def moved(fake: FakeHyperswitch, opened: dict[str, Any], status: str) -> dict[str, Any]:
+    """The dispute `opened` started, moved to `status` at the PSP: the object its webhook carries."""
+    return dispute(fake, opened["payment_id"], status, dispute_id=opened["dispute_id"])
+
+
+def payment_of(conn: psycopg.Connection[Any], order_id: uuid.UUID) -> str:
+    return str(row(conn, "SELECT payment_id FROM orders WHERE id = %s", order_id)["payment_id"])

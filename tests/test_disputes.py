@@ -16,8 +16,11 @@ from tests.factories import (
     SELLER_B,
     assert_audit_ok,
     balances,
+    deliver,
     make_plan,
+    moved,
     paid_out,
+    payment_of,
     psp_settles,
     state,
     three_items,
@@ -27,21 +30,6 @@ from tests.support import SAMPLES, at_once, make_order, process, row, rows, run_
 from veza_worker import errors, hyperswitch, reconcile, refunds
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import commands
-
-
-def deliver(
-    conn: psycopg.Connection[Any], settings: Settings, obj: dict[str, Any], status: str | None = None
-) -> str | None:
-    return process(settings, store_event(conn, status or obj["dispute_status"], dict(obj)))
-
-
-def moved(fake: FakeHyperswitch, opened: dict[str, Any], status: str) -> dict[str, Any]:
-    """The dispute `opened` started, moved to `status` at the PSP: the object its webhook carries."""
-    return dispute(fake, opened["payment_id"], status, dispute_id=opened["dispute_id"])
-
-
-def payment_of(conn: psycopg.Connection[Any], order_id: uuid.UUID) -> str:
-    return str(row(conn, "SELECT payment_id FROM orders WHERE id = %s", order_id)["payment_id"])
 
 
 def the_dispute(conn: psycopg.Connection[Any]) -> dict[str, Any]:
