@@ -98,6 +98,36 @@ SELECT coalesce(object, 'transaction ' || key) AS object,
     OR key IS NULL OR moved <> expected OR postings <> 1
  LIMIT %(limit)s;
 
+-- earnings --
+-- What each seller holds from each paid order (held, available or in transit alike) is exactly
+-- their items that no refund and no open or lost dispute took: a refund or chargeback never debits
+-- twice, a win never gives back what a refund took.
+WITH live AS MATERIALIZED (
+    SELECT i.order_id, i.seller_id, sum(i.amount) FILTER (
+               WHERE NOT EXISTS (SELECT 1 FROM refund_items ri JOIN refunds r ON r.id = ri.refund_id
+                                  WHERE ri.order_item_id = i.id AND r.status = 'succeeded')
+                 AND NOT EXISTS (SELECT 1 FROM dispute_items di JOIN disputes d ON d.id = di.dispute_id
+                                  WHERE di.order_item_id = i.id
+                                    AND d.status NOT IN ('dispute_won', 'dispute_cancelled'))) AS amount
+      FROM order_items i
+      JOIN orders o ON o.id = i.order_id
+     WHERE o.status IN ('completed', 'refund_pending', 'refunded', 'disputed', 'charged_back')
+     GROUP BY 1, 2
+), held AS MATERIALIZED (
+    SELECT t.order_id, split_part(e.account, ':', 2)::uuid AS seller_id, sum(e.amount) AS amount
+      FROM ledger_transactions t
+      JOIN ledger_entries e ON e.transaction_id = t.id
+     WHERE t.order_id IS NOT NULL AND e.account LIKE 'seller:%%'
+     GROUP BY 1, 2
+)
+SELECT 'order ' || coalesce(l.order_id, h.order_id) AS object,
+       'seller ' || coalesce(l.seller_id, h.seller_id) || ' holds ' || coalesce(h.amount, 0)
+       || ' from it; their items left are worth ' || coalesce(l.amount, 0) AS detail
+  FROM live l
+  FULL JOIN held h ON h.order_id = l.order_id AND h.seller_id = l.seller_id
+ WHERE coalesce(l.amount, 0) <> coalesce(h.amount, 0)
+ LIMIT %(limit)s;
+
 -- licenses --
 -- No live license for an item refunded or charged back (cost: refunds and lost disputes, not licenses).
 SELECT 'license ' || l.id AS object,
