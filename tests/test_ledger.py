@@ -133,9 +133,11 @@ def test_one_refund_success_delivered_twice_at_once_posts_once(
     assert_audit_ok(conn)
 
 
-def test_money_kept_for_nothing_sits_in_suspense_until_its_automatic_refund_succeeds(
+def late_success_for_a_failed_order(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, settings: Settings
-) -> None:
+) -> str:
+    """A payment of 700 succeeds for an order we hold failed: kept in suspense, its automatic refund
+    sent; the refund's PSP id."""
     payment_id = hyperswitch.merchant_id("pay", uuid.uuid4())
     make_order(conn, [(SELLER_A, 700)], status="failed", payment_id=payment_id)
     late = {"payment_id": payment_id, "status": "succeeded", "amount": 700, "currency": "USD"}
@@ -143,9 +145,14 @@ def test_money_kept_for_nothing_sits_in_suspense_until_its_automatic_refund_succ
     settle_payment(fake, payment_id, "succeeded")
     assert process(settings, store_event(conn, "payment_succeeded", late)) == "ok"
     assert books(conn) == {"world": -700, "platform:suspense": 700}
-
     assert automatic_refunds.send_unsent(conn, client)["sent"] == 1
-    psp_id = row(conn, "SELECT hyperswitch_refund_id FROM refunds")["hyperswitch_refund_id"]
+    return str(row(conn, "SELECT hyperswitch_refund_id FROM refunds")["hyperswitch_refund_id"])
+
+
+def test_money_kept_for_nothing_sits_in_suspense_until_its_automatic_refund_succeeds(
+    conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, settings: Settings
+) -> None:
+    psp_id = late_success_for_a_failed_order(conn, client, fake, settings)
     refund = settle_refund(fake, psp_id, "succeeded")
     assert process(settings, store_event(conn, "refund_succeeded", dict(refund))) == "ok"
     assert books(conn) == {}
@@ -156,14 +163,7 @@ def test_money_kept_for_nothing_sits_in_suspense_until_its_automatic_refund_succ
 def test_an_automatic_refund_the_psp_fails_keeps_the_money_in_suspense_with_a_discrepancy(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, settings: Settings
 ) -> None:
-    payment_id = hyperswitch.merchant_id("pay", uuid.uuid4())
-    make_order(conn, [(SELLER_A, 700)], status="failed", payment_id=payment_id)
-    late = {"payment_id": payment_id, "status": "succeeded", "amount": 700, "currency": "USD"}
-    fake.payments[payment_id] = {**late, "client_secret": "cs", "metadata": {}}
-    settle_payment(fake, payment_id, "succeeded")
-    process(settings, store_event(conn, "payment_succeeded", late))
-    automatic_refunds.send_unsent(conn, client)
-    psp_id = row(conn, "SELECT hyperswitch_refund_id FROM refunds")["hyperswitch_refund_id"]
+    psp_id = late_success_for_a_failed_order(conn, client, fake, settings)
     failed = settle_refund(fake, psp_id, "failed", "card closed")
 
     assert process(settings, store_event(conn, "refund_failed", dict(failed))) == "ok"

@@ -184,15 +184,7 @@ def payment_kept(
     """A payment captured for nothing, held in suspense until its automatic refund succeeds: from
     `world`, or from revenue when its invoice was counted paid first."""
     entries = {source: -amount, SUSPENSE: amount}
-    return Posting(
-        f"refund:{refund_id}:kept",
-        Kind.PAYMENT_KEPT,
-        currency,
-        entries,
-        order_id=order_id,
-        invoice_id=invoice_id,
-        refund_id=refund_id,
-    )
+    return _automatic(refund_id, "kept", Kind.PAYMENT_KEPT, currency, entries, order_id, invoice_id)
 
 
 def automatic_refund_succeeded(
@@ -205,14 +197,21 @@ def automatic_refund_succeeded(
 ) -> Posting:
     """The suspense drains: the money went back."""
     entries = {SUSPENSE: -amount, WORLD: amount}
+    return _automatic(refund_id, "succeeded", Kind.AUTOMATIC_REFUND, currency, entries, order_id, invoice_id)
+
+
+def _automatic(
+    refund_id: uuid.UUID,
+    step: str,
+    kind: Kind,
+    currency: str,
+    entries: dict[str, int],
+    order_id: uuid.UUID | None,
+    invoice_id: uuid.UUID | None,
+) -> Posting:
+    key = f"refund:{refund_id}:{step}"
     return Posting(
-        f"refund:{refund_id}:succeeded",
-        Kind.AUTOMATIC_REFUND,
-        currency,
-        entries,
-        order_id=order_id,
-        invoice_id=invoice_id,
-        refund_id=refund_id,
+        key, kind, currency, entries, order_id=order_id, invoice_id=invoice_id, refund_id=refund_id
     )
 
 
@@ -225,13 +224,9 @@ def refund_succeeded(
     order_id: uuid.UUID | None = None,
     invoice_id: uuid.UUID | None = None,
 ) -> Posting:
-    """world +amount, taken from the sellers' accounts given (item amounts, by account); for an
-    invoice from revenue; what neither covers, from unallocated."""
-    entries = {WORLD: amount}
-    for account, taken in from_sellers.items():
-        sum_into(entries, account, -taken)
-    rest = amount - sum(from_sellers.values())
-    sum_into(entries, REVENUE if invoice_id is not None else UNALLOCATED, -rest)
+    """world +amount, paid by the sellers' accounts given (item amounts, by account); for an
+    invoice by revenue; what neither covers, by unallocated."""
+    entries = _paid_out(amount, from_sellers, invoice_id)
     return Posting(
         f"refund:{refund_id}:succeeded",
         Kind.REFUND,
@@ -241,6 +236,17 @@ def refund_succeeded(
         invoice_id=invoice_id,
         refund_id=refund_id,
     )
+
+
+def _paid_out(amount: int, from_sellers: Mapping[str, int], invoice_id: uuid.UUID | None) -> dict[str, int]:
+    """`amount` leaves for the world: from the sellers' accounts given, the rest from revenue (an
+    invoice's money) or unallocated (an order's money no items cover)."""
+    entries = {WORLD: amount}
+    for account, taken in from_sellers.items():
+        sum_into(entries, account, -taken)
+    rest = amount - sum(from_sellers.values())
+    sum_into(entries, REVENUE if invoice_id is not None else UNALLOCATED, -rest)
+    return entries
 
 
 def dispute_opened(
@@ -254,16 +260,11 @@ def dispute_opened(
 ) -> Posting:
     """The bank takes the dispute's amount: from the items' sellers (order) or revenue (invoice);
     a difference between the amount and the items is unallocated."""
-    entries = {WORLD: amount}
-    for account, taken in from_sellers.items():
-        sum_into(entries, account, -taken)
-    rest = amount - sum(from_sellers.values())
-    sum_into(entries, REVENUE if invoice_id is not None else UNALLOCATED, -rest)
     return Posting(
         f"dispute:{dispute_id}:opened",
         Kind.DISPUTE_OPENED,
         currency,
-        entries,
+        _paid_out(amount, from_sellers, invoice_id),
         dispute_id=dispute_id,
         order_id=order_id,
         invoice_id=invoice_id,

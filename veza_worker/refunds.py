@@ -441,38 +441,45 @@ def _ask_about_what_sellers_did_not_cover(
 def _succeeded_after_failure(conn: db.Connection, order: orders.Order, refund: Refund, amount: int) -> str:
     """We held it failed (its items free again), the PSP refunded it: its items stay its own when
     no other refund took them meanwhile, else it is posted like a refund made at the PSP."""
-    discrepancies.open_one(
-        conn,
-        discrepancies.Kind.REFUND_SUCCEEDED_AFTER_FAILED,
+    detail = (
         f"refund {refund.hyperswitch_refund_id} was failed here but the payment provider refunded"
-        f" {amount} {order.currency} for order {order.id}: posted as succeeded",
-        order_id=order.id,
-        refund_id=refund.id,
-        amount=amount,
-        currency=order.currency,
+        f" {amount} {order.currency} for order {order.id}: posted as succeeded"
     )
-    if amount != refund.amount or any(i.refunded or i.in_flight for i in _items_of(conn, order, refund)):
-        conn.execute(QUERIES["drop_refund_items"], {"refund_id": refund.id})
-    conn.execute(QUERIES["set_refund_amount"], {"refund_id": refund.id, "amount": amount})
-    return _succeed(conn, order, dataclasses.replace(refund, amount=amount), explained=True)
+    taken_since = any(i.refunded or i.in_flight for i in _items_of(conn, order, refund))
+    keep = amount == refund.amount and not taken_since
+    kind = discrepancies.Kind.REFUND_SUCCEEDED_AFTER_FAILED
+    return _succeed_as_the_psp_says(conn, order, refund, amount, kind, detail, keep_items=keep)
 
 
 def _succeeded_for_another_amount(
     conn: db.Connection, order: orders.Order, refund: Refund, amount: int
 ) -> str:
-    """The PSP refunded another amount than we asked: which items it covers is unknown, so it is
-    posted unallocated and the refund records what the PSP did."""
-    discrepancies.open_one(
-        conn,
-        discrepancies.Kind.REFUND_AMOUNT_MISMATCH,
+    """The PSP refunded another amount than we asked: which items it covers is unknown."""
+    detail = (
         f"refund {refund.hyperswitch_refund_id}: the payment provider refunded {amount} {order.currency},"
-        f" we asked {refund.amount} for order {order.id}",
-        order_id=order.id,
-        refund_id=refund.id,
-        amount=amount,
-        currency=order.currency,
+        f" we asked {refund.amount} for order {order.id}"
     )
-    conn.execute(QUERIES["drop_refund_items"], {"refund_id": refund.id})
+    kind = discrepancies.Kind.REFUND_AMOUNT_MISMATCH
+    return _succeed_as_the_psp_says(conn, order, refund, amount, kind, detail, keep_items=False)
+
+
+def _succeed_as_the_psp_says(
+    conn: db.Connection,
+    order: orders.Order,
+    refund: Refund,
+    amount: int,
+    kind: discrepancies.Kind,
+    detail: str,
+    *,
+    keep_items: bool,
+) -> str:
+    """A success our books did not expect: a discrepancy says why, the refund records the amount the
+    PSP refunded, and without its items it is posted like a refund made at the PSP."""
+    discrepancies.open_one(
+        conn, kind, detail, order_id=order.id, refund_id=refund.id, amount=amount, currency=order.currency
+    )
+    if not keep_items:
+        conn.execute(QUERIES["drop_refund_items"], {"refund_id": refund.id})
     conn.execute(QUERIES["set_refund_amount"], {"refund_id": refund.id, "amount": amount})
     return _succeed(conn, order, dataclasses.replace(refund, amount=amount), explained=True)
 
