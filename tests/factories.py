@@ -15,9 +15,9 @@ from typing import Any
 
 import psycopg
 
-from tests.fake_hyperswitch import FakeHyperswitch, settle_payment, settle_refund
+from tests.fake_hyperswitch import FakeHyperswitch, dispute, settle_payment, settle_refund
 from tests.support import PSP_API_KEY, make_order, process, row, rows, store_event
-from veza_worker import hyperswitch
+from veza_worker import audit, hyperswitch, ledger
 from veza_worker.settings import Settings
 
 BUYER = uuid.UUID(int=0xB0B)
@@ -146,3 +146,55 @@ def own_connections(
             yield conn, client
     finally:
         client.close()
+
+
+# -- the ledger ---------------------------------------------------------------------------------------
+
+
+def paid_out(conn: psycopg.Connection[Any], order_id: uuid.UUID, seller_id: uuid.UUID, amount: int) -> None:
+    """The order's hold released and `amount` of the seller's available money paid to their bank."""
+    with conn.transaction():
+        order = row(conn, "SELECT currency FROM orders WHERE id = %s", order_id)
+        held = ledger.order_held(conn, order_id)
+        ledger.post(conn, ledger.hold_released(order_id, order["currency"], held))
+        conn.execute("UPDATE orders SET hold_released_at = now() WHERE id = %s", [order_id])
+        payout = {ledger.seller(seller_id, ledger.Bucket.AVAILABLE): -amount, ledger.WORLD: amount}
+        key = f"correction:{uuid.uuid4()}"
+        ledger.post(conn, ledger.Posting(key, ledger.Kind.CORRECTION, order["currency"], payout))
+
+
+def balances(conn: psycopg.Connection[Any]) -> dict[uuid.UUID, tuple[int, int]]:
+    """Each seller's (held, available)."""
+    query = "SELECT seller_id, held, available FROM seller_balances"
+    return {r["seller_id"]: (r["held"], r["available"]) for r in rows(conn, query)}
+
+
+def account(conn: psycopg.Connection[Any], name: str) -> int:
+    """An account's balance: the sum of its entries."""
+    return int(
+        row(conn, "SELECT coalesce(sum(amount), 0) AS s FROM ledger_entries WHERE account = %s", name)["s"]
+    )
+
+
+def assert_audit_ok(conn: psycopg.Connection[Any]) -> None:
+    with psycopg.connect(conn.info.dsn) as own:
+        assert audit.run(own)["violations"] == []
+
+
+# -- disputes -----------------------------------------------------------------------------------------
+
+
+def deliver(
+    conn: psycopg.Connection[Any], settings: Settings, obj: dict[str, Any], status: str | None = None
+) -> str | None:
+    """A dispute object's webhook, stored and applied."""
+    return process(settings, store_event(conn, status or obj["dispute_status"], dict(obj)))
+
+
+def moved(fake: FakeHyperswitch, opened: dict[str, Any], status: str) -> dict[str, Any]:
+    """The dispute `opened` started, moved to `status` at the PSP: the object its webhook carries."""
+    return dispute(fake, opened["payment_id"], status, dispute_id=opened["dispute_id"])
+
+
+def payment_of(conn: psycopg.Connection[Any], order_id: uuid.UUID) -> str:
+    return str(row(conn, "SELECT payment_id FROM orders WHERE id = %s", order_id)["payment_id"])

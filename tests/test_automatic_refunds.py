@@ -230,4 +230,4 @@ def imported_modules(module: str) -> set[str]:
 
 def test_orders_no_longer_import_refunds_and_the_outbox_imports_no_state_machine() -> None:
     assert "refunds" not in imported_modules("orders")
-    assert imported_modules("automatic_refunds") <= {"db", "errors", "hyperswitch"}
+    assert imported_modules("automatic_refunds") <= {"db", "discrepancies", "errors", "hyperswitch", "ledger"}

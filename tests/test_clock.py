@@ -57,6 +57,7 @@ def test_the_clock_enqueues_each_sweep_and_does_no_work_itself(
         "end_trials",
         "renew_subscriptions",
         "send_automatic_refunds",
+        "audit_ledger",
         "reconcile",
     }
     assert names.count("redrive_webhooks") >= 3
@@ -76,6 +77,7 @@ def test_reconciliation_is_not_scheduled_when_disabled(settings: Settings) -> No
         "renew",
         "automatic_refunds",
         "retention",
+        "audit",
     }
 
 

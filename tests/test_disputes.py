@@ -14,7 +14,13 @@ from tests.factories import (
     REFUND_WINDOW,
     SELLER_A,
     SELLER_B,
+    assert_audit_ok,
+    balances,
+    deliver,
     make_plan,
+    moved,
+    paid_out,
+    payment_of,
     psp_settles,
     state,
     three_items,
@@ -24,21 +30,6 @@ from tests.support import SAMPLES, at_once, make_order, process, row, rows, run_
 from veza_worker import errors, hyperswitch, reconcile, refunds
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import commands
-
-
-def deliver(
-    conn: psycopg.Connection[Any], settings: Settings, obj: dict[str, Any], status: str | None = None
-) -> str | None:
-    return process(settings, store_event(conn, status or obj["dispute_status"], dict(obj)))
-
-
-def moved(fake: FakeHyperswitch, opened: dict[str, Any], status: str) -> dict[str, Any]:
-    """The dispute `opened` started, moved to `status` at the PSP: the object its webhook carries."""
-    return dispute(fake, opened["payment_id"], status, dispute_id=opened["dispute_id"])
-
-
-def payment_of(conn: psycopg.Connection[Any], order_id: uuid.UUID) -> str:
-    return str(row(conn, "SELECT payment_id FROM orders WHERE id = %s", order_id)["payment_id"])
 
 
 def the_dispute(conn: psycopg.Connection[Any]) -> dict[str, Any]:
@@ -128,33 +119,26 @@ def test_a_final_event_arriving_first_has_the_effects_of_both_steps(
     assert state(conn, order_id) == (CHARGED_BACK if final == "dispute_lost" else COMPLETED)
 
 
-def test_a_win_gives_back_exactly_what_was_taken_even_from_a_seller_at_zero(
+def test_a_dispute_after_a_payout_takes_a_debt_and_a_win_pays_it_back(
     conn: psycopg.Connection[Any], fake: FakeHyperswitch, settings: Settings
 ) -> None:
     order_id = three_items(conn, settings, fake)
-    conn.execute(
-        "UPDATE seller_balances SET balance = 0 WHERE seller_id = %s", [SELLER_A]
-    )  # paid out already
+    paid_out(conn, order_id, SELLER_A, 800)
     opened = dispute(fake, payment_of(conn, order_id), "dispute_opened")
     deliver(conn, settings, opened)
-    assert state(conn, order_id)["balances"] == {SELLER_A: 0, SELLER_B: 0}
-    debits = {r["seller_id"]: r["amount"] for r in rows(conn, "SELECT seller_id, amount FROM dispute_debits")}
-    assert debits == {SELLER_A: 0, SELLER_B: 200}
+    assert balances(conn) == {SELLER_A: (0, -800), SELLER_B: (0, 0)}  # A owes what the bank took
 
     deliver(conn, settings, moved(fake, opened, "dispute_won"))
 
-    assert state(conn, order_id)["balances"] == {SELLER_A: 0, SELLER_B: 200}  # nothing invented for A
+    assert balances(conn) == {SELLER_A: (0, 0), SELLER_B: (0, 200)}  # exactly what was taken, back
+    assert_audit_ok(conn)
 
 
 def test_two_workers_delivering_opened_and_lost_at_once(
     conn: psycopg.Connection[Any], fake: FakeHyperswitch, settings: Settings
 ) -> None:
     for _ in range(10):
-        conn.execute(
-            "DELETE FROM dispute_debits; DELETE FROM disputes; DELETE FROM licenses;"
-            " DELETE FROM seller_transfers; DELETE FROM seller_balances"
-        )
-        order_id = three_items(conn, settings, fake)
+        order_id = three_items(conn, settings, fake)  # each round nets A and B back to zero
         opened = dispute(fake, payment_of(conn, order_id), "dispute_opened")
         opened_log = store_event(conn, "dispute_opened", dict(opened))
         lost_log = store_event(conn, "dispute_lost", {**opened, "dispute_status": "dispute_lost"})
@@ -166,6 +150,7 @@ def test_two_workers_delivering_opened_and_lost_at_once(
         at_once(lambda: apply(opened_log), lambda: apply(lost_log))  # noqa: B023 (joined within the round)
         assert sorted(results) in (["ok", "ok"], ["ok", "skipped: dispute already dispute_lost"])
         assert state(conn, order_id) == CHARGED_BACK
+    assert_audit_ok(conn)
 
 
 def test_a_dispute_on_a_refunded_order_is_recorded_without_balance_effects(

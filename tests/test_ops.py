@@ -186,11 +186,15 @@ def worker_traffic(conn: psycopg.Connection[Any], receiver_url: str) -> None:
 def test_a_dramatiq_worker_exposes_its_metrics_and_ours(
     database_url: str,
     conn: psycopg.Connection[Any],
+    settings: Settings,
     web: str,
     psp: tuple[str, FakeHyperswitch],
     tmp_path: Path,
 ) -> None:
     sweeps.record_clock_start(conn)  # the clock's metric exists once a clock started
+    with psycopg.connect(database_url) as own:  # veza_ledger_violations exists once an audit ran
+        audit_sweep = next(sweep for sweep in sweeps.SWEEPS if sweep.name == "audit")
+        sweeps.run(audit_sweep, sweeps.Context(own, settings, None))
     with dramatiq_worker(database_url, psp[0], tmp_path / "worker.log") as worker_metrics:
         worker_traffic(conn, web)
         worker_text = httpx.get(worker_metrics, timeout=5).text
@@ -221,10 +225,11 @@ def test_a_dramatiq_worker_exposes_its_metrics_and_ours(
 def test_every_sweep_records_its_runs_and_status_sees_a_dead_clock(
     conn: psycopg.Connection[Any], settings: Settings
 ) -> None:
-    for command in ("redrive", "cleanup", "trial-end", "renew", "automatic-refunds"):
+    for command in ("redrive", "cleanup", "trial-end", "renew", "automatic-refunds", "audit"):
         assert run_cli(command, settings=settings).returncode == 0
     runs = rows(conn, "SELECT name, counts, error FROM sweep_runs ORDER BY id")
-    assert [r["name"] for r in runs] == ["redrive", "retention", "trial_end", "renew", "automatic_refunds"]
+    names = ["redrive", "retention", "trial_end", "renew", "automatic_refunds", "audit"]
+    assert [r["name"] for r in runs] == names
     assert runs[0]["counts"] == {"redriven": 0} and all(r["error"] is None for r in runs)
 
     fine = run_cli("status", settings=settings, RECONCILE_WORKER_ENABLED="false")
@@ -237,12 +242,12 @@ def test_every_sweep_records_its_runs_and_status_sees_a_dead_clock(
         "needs_a_human",
         "subscriptions",
         "disputes",
+        "ledger",
         "clock_started_at",
         "sweeps",
     }
-    assert {name: s["overdue"] for name, s in document["sweeps"].items()} == dict.fromkeys(
-        ["redrive", "retention", "trial_end", "renew", "automatic_refunds"], False
-    )
+    assert document["ledger"]["violations"] == 0 and document["ledger"]["audited_at"] is not None
+    assert {name: s["overdue"] for name, s in document["sweeps"].items()} == dict.fromkeys(names, False)
 
     conn.execute(
         "UPDATE sweep_runs"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -14,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.factories import OwnConnections
+from tests.factories import OwnConnections, account, assert_audit_ok, balances, paid_out
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, settle_payment, settle_refund, webhook_body
 from tests.support import (
     at_once,
@@ -30,7 +29,7 @@ from tests.support import (
     store_event,
     wait_for,
 )
-from veza_worker import errors, hyperswitch, refunds
+from veza_worker import errors, hyperswitch, ledger, refunds
 from veza_worker.settings import Settings
 
 SELLER_A, SELLER_B, BUYER = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
@@ -374,14 +373,19 @@ def test_an_unknown_refund_is_retried_then_skipped(conn: psycopg.Connection[Any]
     assert process(settings, log_id, final_attempt=False) == "skipped: unknown refund"
 
 
-def test_a_psp_refund_of_another_amount_changes_nothing(
+def test_a_psp_refund_of_another_amount_is_posted_unallocated_with_a_discrepancy(
     conn: psycopg.Connection[Any], settings: Settings, pending_refund: uuid.UUID
 ) -> None:
     partial = {**refund_object(conn), "amount": 500}
-    assert (
-        process(settings, store_event(conn, "refund_succeeded", partial)) == "error: refund amount mismatch"
-    )
-    assert the_refund(conn)["status"] == "pending"
+    assert process(settings, store_event(conn, "refund_succeeded", partial)) == "ok"
+
+    assert (the_refund(conn)["status"], the_refund(conn)["amount"]) == ("succeeded", 500)
+    assert balances(conn) == {SELLER_A: (1000, 0), SELLER_B: (600, 0)}  # which items? nobody knows
+    assert account(conn, ledger.UNALLOCATED) == -500
+    [found] = rows(conn, "SELECT kind, amount FROM discrepancies WHERE resolved_at IS NULL")
+    assert found == {"kind": "refund_amount_mismatch", "amount": 500}
+    assert rows(conn, "SELECT 1 FROM licenses WHERE revoked_at IS NOT NULL") == []
+    assert_audit_ok(conn)
 
 
 @pytest.mark.parametrize("shape", ["flat", "object"])
@@ -394,19 +398,17 @@ def test_refund_objects_in_the_other_shapes_dispatch_by_refund_id(
     assert_refunded(conn, pending_refund)
 
 
-def test_a_seller_already_paid_out_is_debited_to_zero_not_below(
-    conn: psycopg.Connection[Any],
-    settings: Settings,
-    pending_refund: uuid.UUID,
-    caplog: pytest.LogCaptureFixture,
+def test_a_refund_after_a_payout_leaves_the_seller_a_debt(
+    conn: psycopg.Connection[Any], settings: Settings, pending_refund: uuid.UUID
 ) -> None:
-    conn.execute("UPDATE seller_balances SET balance = 250 WHERE seller_id = %s", [SELLER_A])  # paid out 750
-    with caplog.at_level(logging.WARNING):
-        assert process(settings, store_event(conn, "refund_succeeded", refund_object(conn))) == "ok"
+    paid_out(conn, pending_refund, SELLER_A, 1000)
+    assert balances(conn) == {SELLER_A: (0, 0), SELLER_B: (0, 600)}
 
-    assert {r["balance"] for r in rows(conn, "SELECT balance FROM seller_balances")} == {0}
-    warnings = [r.getMessage() for r in caplog.records if "not recovered" in r.getMessage()]
-    assert len(warnings) == 1 and str(SELLER_A) in warnings[0] and "750 USD" in warnings[0]
+    assert process(settings, store_event(conn, "refund_succeeded", refund_object(conn))) == "ok"
+
+    assert balances(conn) == {SELLER_A: (0, -1000), SELLER_B: (0, 0)}  # A owes what the buyer got back
+    assert row(conn, "SELECT balance FROM seller_balances WHERE seller_id = %s", SELLER_A)["balance"] == -1000
+    assert_audit_ok(conn)
 
 
 def test_a_refund_succeeded_webhook_that_beats_phase_two_is_applied(

@@ -21,6 +21,7 @@ from tests.support import (
     row,
     rows,
 )
+from veza_worker import ledger
 
 SELLER = uuid.uuid4()
 
@@ -51,9 +52,8 @@ def test_the_signed_refund_vector_refunds_its_order(
 ) -> None:
     refunded = sample("refund_succeeded.json")["content"]["object"]
     order_id = make_order(conn, [(SELLER, 1500)], payment_id=refunded["payment_id"], status="completed")
-    conn.execute(
-        "INSERT INTO seller_balances (seller_id, currency, balance) VALUES (%s, 'USD', 1500)", [SELLER]
-    )
+    with conn.transaction():  # paid: the seller's 1500 posted as the payment handler would
+        ledger.post(conn, ledger.order_paid(order_id, "USD", 1500, {SELLER: 1500}))
     conn.execute(
         "INSERT INTO seller_transfers (order_id, seller_id, amount, currency) VALUES (%s, %s, 1500, 'USD')",
         [order_id, SELLER],

@@ -8,6 +8,10 @@ lost message, a PSP that was down. A send holds the row (FOR UPDATE SKIP LOCKED)
 call and marks it submitted in the same transaction, and every try sends the same refund_id, so
 two senders at once never refund twice. The PSP's final word (`settle`) changes the refund row
 alone: no order, balance or license moves.
+
+In the ledger, opening one puts the captured money in platform:suspense (from `world`, or from
+platform:revenue for an invoice already counted paid); its success drains it back to `world`. A
+refund the PSP refuses or fails leaves the money in suspense and opens a discrepancy.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 from psycopg.pq import TransactionStatus
 from psycopg.rows import class_row
 
-from veza_worker import db, errors, hyperswitch
+from veza_worker import db, discrepancies, errors, hyperswitch, ledger
 
 log = logging.getLogger(__name__)
 QUERIES = db.load_queries(__name__)
@@ -53,6 +57,19 @@ class Unsent:
         return f"order {self.order_id}" if self.order_id else f"invoice {self.invoice_id}"
 
 
+@dataclass(frozen=True)
+class Locked:
+    """An automatic refund row, locked by the caller's transaction."""
+
+    id: uuid.UUID
+    status: str
+    hyperswitch_refund_id: str
+    amount: int
+    currency: str
+    order_id: uuid.UUID | None
+    invoice_id: uuid.UUID | None
+
+
 def open_refund(
     conn: db.Connection,
     *,
@@ -61,9 +78,11 @@ def open_refund(
     note: str,
     invoice_id: uuid.UUID | None = None,
     order_id: uuid.UUID | None = None,
+    source: str = ledger.WORLD,
 ) -> bool:
-    """Record, in the caller's transaction, a full refund nobody asked for; it is sent once that
-    transaction has committed. False when the order or invoice already has one."""
+    """Record, in the caller's transaction, a full refund nobody asked for, and post the captured
+    money from `source` into suspense; it is sent once that transaction has committed. False when
+    the order or invoice already has one."""
     refund_id = uuid.uuid4()
     params = {
         "id": refund_id,
@@ -76,6 +95,10 @@ def open_refund(
     }
     if conn.execute(QUERIES["insert_automatic_refund"], params).fetchone() is None:
         return False
+    kept = ledger.payment_kept(
+        refund_id, currency, amount, order_id=order_id, invoice_id=invoice_id, source=source
+    )
+    ledger.post(conn, kept)
     opened = _opened.get()
     if opened is not None:
         opened.append(refund_id)
@@ -148,14 +171,9 @@ def _post(conn: db.Connection, client: hyperswitch.Client, refund: Unsent) -> st
         )
         return "ambiguous"
     except errors.HyperswitchRejected as exc:
-        log.error(
-            "automatic refund %s of payment %s rejected: %s: money kept, needs a human (%s)",
-            refund.hyperswitch_refund_id,
-            refund.payment_id,
-            exc.message or exc.code,
-            refund.owner,
+        _fail(
+            conn, _lock(conn, refund.id), exc.message or exc.code, f"of payment {refund.payment_id} rejected"
         )
-        _fail(conn, refund.id, exc.message or exc.code)
         return "rejected"
     conn.execute(QUERIES["mark_submitted"], {"refund_id": refund.id})
     log.info(
@@ -193,22 +211,41 @@ def send_unsent(
 
 def settle(conn: db.Connection, refund_id: uuid.UUID, status: str, error_message: Any) -> str:
     """Apply the PSP's status to an automatic refund, in the caller's transaction."""
-    row = conn.execute(QUERIES["lock_refund"], {"refund_id": refund_id}).fetchone()
-    assert row is not None  # rows are never deleted
-    current, psp_id = row
-    if current != "pending":
-        return f"skipped: refund already {current}"
+    refund = _lock(conn, refund_id)
+    if refund.status != "pending":
+        return f"skipped: refund already {refund.status}"
     if status == "succeeded":
         conn.execute(QUERIES["succeed_refund"], {"refund_id": refund_id})
-        log.info("automatic refund %s succeeded", psp_id)
+        back = ledger.automatic_refund_succeeded(
+            refund.id, refund.currency, refund.amount, order_id=refund.order_id, invoice_id=refund.invoice_id
+        )
+        ledger.post(conn, back)
+        log.info("automatic refund %s succeeded", refund.hyperswitch_refund_id)
         return "ok"
     if status == "failed":
         message = error_message if isinstance(error_message, str) else "refund failed at the payment provider"
-        _fail(conn, refund_id, message)
-        log.error("automatic refund %s failed: %s: money kept, needs a human", psp_id, message)
+        _fail(conn, refund, message, "failed")
         return "ok"
     return f"skipped: refund status {status or 'missing'}"
 
 
-def _fail(conn: db.Connection, refund_id: uuid.UUID, message: str) -> None:
-    conn.execute(QUERIES["fail_refund"], {"refund_id": refund_id, "error_message": message})
+def _lock(conn: db.Connection, refund_id: uuid.UUID) -> Locked:
+    with conn.cursor(row_factory=class_row(Locked)) as cur:
+        refund = cur.execute(QUERIES["lock_refund"], {"refund_id": refund_id}).fetchone()
+    assert refund is not None  # rows are never deleted
+    return refund
+
+
+def _fail(conn: db.Connection, refund: Locked, message: str, what: str) -> None:
+    """The money stays in suspense: a person must give it back another way."""
+    conn.execute(QUERIES["fail_refund"], {"refund_id": refund.id, "error_message": message})
+    discrepancies.open_one(
+        conn,
+        discrepancies.Kind.AUTOMATIC_REFUND_FAILED,
+        f"automatic refund {refund.hyperswitch_refund_id} {what}: {message}: money kept in suspense",
+        refund_id=refund.id,
+        order_id=refund.order_id,
+        invoice_id=refund.invoice_id,
+        amount=refund.amount,
+        currency=refund.currency,
+    )

@@ -43,7 +43,10 @@ UPDATE refunds
 
 -- lock_refund --
 -- Locked until the caller's transaction ends: a replayed refund event waits, then sees the result.
-SELECT status, hyperswitch_refund_id FROM refunds WHERE id = %(refund_id)s FOR UPDATE;
+SELECT id, status, hyperswitch_refund_id, amount, currency, order_id, invoice_id
+  FROM refunds
+ WHERE id = %(refund_id)s
+   FOR UPDATE;
 
 -- succeed_refund --
 UPDATE refunds

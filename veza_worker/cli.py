@@ -15,9 +15,11 @@ import psycopg
 
 from veza_worker import (
     db,
+    discrepancies,
     disputes,
     errors,
     hyperswitch,
+    ledger,
     logs,
     ops,
     orders,
@@ -48,7 +50,11 @@ def sweep_command(sweep: sweeps.Sweep) -> Command:
     def run(args: argparse.Namespace, settings: Settings) -> Any:
         client = hyperswitch.require(settings) if sweep.needs_psp else hyperswitch.from_settings(settings)
         with db.connect(settings.database_url) as conn:
-            return sweeps.run(sweep, sweeps.Context(conn, settings, client))
+            counts = sweeps.run(sweep, sweeps.Context(conn, settings, client))
+        wrong = sweep.verdict(counts) if sweep.verdict else None
+        if wrong:
+            raise errors.DomainError(wrong, counts)
+        return counts
 
     return run
 
@@ -119,11 +125,38 @@ def cmd_resume_subscription(args: argparse.Namespace, settings: Settings) -> Any
         return commands.resume(conn, args.subscription_id)
 
 
+def cmd_discrepancies(args: argparse.Namespace, settings: Settings) -> Any:
+    with db.connect(settings.database_url) as conn:
+        return discrepancies.listing(conn, open_only=args.open)
+
+
+def cmd_resolve(args: argparse.Namespace, settings: Settings) -> Any:
+    with db.connect(settings.database_url) as conn:
+        return discrepancies.resolve(conn, args.discrepancy_id, by=args.by, note=args.note)
+
+
+def cmd_seller_statement(args: argparse.Namespace, settings: Settings) -> Any:
+    with db.connect(settings.database_url) as conn:
+        return ledger.statement(conn, args.seller_id, currency=args.currency, limit=args.limit)
+
+
 def _uuid(value: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a UUID: {value!r}") from None
+
+
+def _currency(value: str) -> str:
+    if len(value) != 3 or not value.isascii() or not value.isupper():
+        raise argparse.ArgumentTypeError(f"not a 3-letter currency code: {value!r}")
+    return value
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {value!r}")
+    return int(value)
 
 
 def _note(value: str) -> str:
@@ -187,6 +220,20 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--now", action="store_true", help="end access now; a pending payment is cancelled")
     resume = add("resume-subscription", cmd_resume_subscription, "undo a cancel at period end")
     resume.add_argument("subscription_id", metavar="SUBSCRIPTION_ID", type=_uuid)
+    found = add(
+        "discrepancies", cmd_discrepancies, "what automation left to a person, oldest first (JSON array)"
+    )
+    found.add_argument("--open", action="store_true", help="only those not resolved yet")
+    resolve = add("resolve", cmd_resolve, "close a discrepancy, saying who and why")
+    resolve.add_argument("discrepancy_id", metavar="DISCREPANCY_ID", type=int)
+    resolve.add_argument("--by", metavar="NAME", required=True)
+    resolve.add_argument("--note", metavar="TEXT", required=True)
+    statement = add(
+        "seller-statement", cmd_seller_statement, "a seller's balances and ledger entries, newest first"
+    )
+    statement.add_argument("seller_id", metavar="SELLER_ID", type=_uuid)
+    statement.add_argument("--currency", metavar="C", type=_currency)
+    statement.add_argument("--limit", metavar="N", type=_positive, default=100)
     return parser
 
 

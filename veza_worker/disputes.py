@@ -2,17 +2,22 @@
 
 Rank: dispute_opened < dispute_challenged < final (won, cancelled, lost, accepted, expired). A
 dispute never moves back down, a final one ignores the rest, and a final event arriving first has
-the effects of both steps.
+the effects of both steps. The bank's moves are facts: they always post, whatever the order's
+status when they arrive, and the order's status follows from them (orders.follow_facts).
 
-    opened     order completed → disputed; its pending transfers on_hold; each seller debited their
-               unrefunded items (clamped at zero; what was really taken is kept in dispute_debits)
-    won, cancelled            → completed; exactly what was taken re-credited; on_hold → pending
-    lost, accepted, expired   → charged_back; licenses revoked; transfers reversed
-    on an invoice's payment: lost / accepted / expired cancel the subscription at once
+    opened     the bank takes the amount: it takes the order's items not refunded and not taken by
+               another dispute (dispute_items), from their sellers (held or available, negative if
+               need be); an amount those items do not cover is unallocated, with a discrepancy;
+               the order's pending transfers on_hold
+    won, cancelled            the opening's exact reverse, except items refunded meanwhile (their
+                              refund was paid from unallocated: the win fills it back); transfers
+                              released once no dispute is open
+    lost, accepted, expired   nothing more moves; the items' licenses revoked, transfers reversed
+    on an invoice's payment: opened takes the amount from revenue, won gives it back; lost /
+                             accepted / expired cancel the subscription at once
 
-A dispute on an order that is not `completed` when it opens (refund_pending, refunded…) is
-recorded with no balance effect, and one ERROR line asks a human. Every writer locks the order
-(or the subscription) first, then the dispute, then balances in seller_id order.
+Every writer locks the order (or the subscription) first, then the dispute; balances are locked in
+(seller_id, currency) order by the ledger's posting.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 
 from psycopg.rows import class_row, dict_row
 
-from veza_worker import db, errors, events, hyperswitch, orders
+from veza_worker import db, discrepancies, errors, events, hyperswitch, ledger, orders
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import commands, invoices, model
 
@@ -162,11 +167,13 @@ def handle_dispute(conn: db.Connection, event: events.Event, settings: Settings)
     if order is not None:
         held = _apply_to_order(conn, order, dispute, new)
     else:
-        assert subscription is not None
-        held = False
+        assert subscription is not None and invoice is not None
+        held = _apply_to_invoice(conn, invoice[0], dispute, new)
         if new.status in LOST:
             _cancel_subscription(conn, subscription, dispute, settings)
     _move(conn, dispute, new, held=held)
+    if order is not None:
+        _follow(conn, order)
     log.info("dispute %s %s → %s (payment %s)", dispute.id, dispute.status, new.status, new.payment_id)
     return "ok"
 
@@ -185,56 +192,120 @@ def _move(conn: db.Connection, dispute: Dispute, new: Report, *, held: bool) -> 
     conn.execute(QUERIES["move_dispute"], params)
 
 
+def _opening_key(dispute: Dispute) -> str:
+    return f"dispute:{dispute.id}:opened"
+
+
 def _apply_to_order(conn: db.Connection, order: orders.Order, dispute: Dispute, new: Report) -> bool:
-    """The money effects of moving `dispute` to `new.status`; whether the opening's hold stands."""
+    """The money effects of moving `dispute` to `new.status`; whether the opening's take stands."""
     held = dispute.held
     if dispute.status == Status.NONE:  # opening (a final event first opens, then closes)
-        held = _open(conn, order, dispute)
+        _open(conn, order, dispute, new)
+        held = True
     if new.status in WON and held:
         _won(conn, order, dispute)
         held = False
     elif new.status in LOST and held:
-        _lost(conn, order)
+        _lost(conn, order, dispute)
     return held
 
 
-def _open(conn: db.Connection, order: orders.Order, dispute: Dispute) -> bool:
-    if order.status != orders.Status.COMPLETED:
-        log.error(
-            "dispute %s opened on order %s, which is %s: recorded, no balance changed; needs a human",
-            dispute.id,
-            order.id,
-            order.status,
+def _open(conn: db.Connection, order: orders.Order, dispute: Dispute, new: Report) -> None:
+    """The bank took the amount: the items no refund and no other dispute took are its own."""
+    taken = [i for i in orders.items(conn, order.id) if not (i.refunded or i.disputed)]
+    conn.execute(QUERIES["take_items"], {"dispute_id": dispute.id, "item_ids": [i.id for i in taken]})
+    posting = ledger.dispute_opened(
+        dispute.id,
+        order.currency,
+        new.amount,
+        from_sellers=orders.by_account(order, taken),
+        order_id=order.id,
+    )
+    ledger.post(conn, posting)
+    covered = sum(i.amount for i in taken)
+    if covered != new.amount:
+        discrepancies.open_one(
+            conn,
+            discrepancies.Kind.DISPUTE_UNASSIGNED,
+            f"dispute {dispute.id} on order {order.id} took {new.amount} {order.currency}; the items no"
+            f" refund or other dispute took cover {covered}: the difference is in platform:unallocated",
+            order_id=order.id,
+            dispute_id=dispute.id,
+            amount=new.amount - covered,
+            currency=order.currency,
         )
-        return False
-    params = {"order_id": order.id, "dispute_id": dispute.id, "currency": order.currency}
-    conn.execute(QUERIES["set_order_status"], {"order_id": order.id, "status": orders.Status.DISPUTED})
-    conn.execute(QUERIES["hold_transfers"], params)
-    for seller_id, taken, owed in conn.execute(QUERIES["debit_for_dispute"], params).fetchall():
-        if taken < owed:
-            log.warning(
-                "dispute %s: seller %s balance clamped at zero, %d %s not recovered",
-                dispute.id,
-                seller_id,
-                owed - taken,
-                order.currency,
-            )
-    log.warning("dispute %s opened on order %s: transfers held, sellers debited", dispute.id, order.id)
-    return True
+    log.warning(
+        "dispute %s opened on order %s: %d items (%d %s) taken from their sellers",
+        dispute.id,
+        order.id,
+        len(taken),
+        covered,
+        order.currency,
+    )
 
 
 def _won(conn: db.Connection, order: orders.Order, dispute: Dispute) -> None:
-    conn.execute(QUERIES["set_order_status"], {"order_id": order.id, "status": orders.Status.COMPLETED})
-    conn.execute(QUERIES["recredit_for_dispute"], {"dispute_id": dispute.id})
-    conn.execute(QUERIES["release_transfers"], {"order_id": order.id})
-    log.info("dispute %s won on order %s: sellers re-credited, transfers released", dispute.id, order.id)
+    """The money came back: the opening reversed, but an item refunded meanwhile stays gone from its
+    seller (its refund was paid from unallocated, which the win fills back)."""
+    opening = ledger.entries_of(conn, _opening_key(dispute))
+    back = {account: -amount for account, amount in opening.items()}
+    mine = {i[0] for i in conn.execute(QUERIES["items_taken"], {"dispute_id": dispute.id})}
+    for item in orders.items(conn, order.id):
+        if item.id in mine and item.refunded:
+            account = _account_of(opening, item.seller_id)
+            ledger.sum_into(back, account, -item.amount)
+            ledger.sum_into(back, ledger.UNALLOCATED, item.amount)
+    closing = ledger.dispute_closed(dispute.id, order.currency, back, order_id=order.id)
+    ledger.post(conn, closing)
+    log.info("dispute %s won on order %s: sellers re-credited", dispute.id, order.id)
 
 
-def _lost(conn: db.Connection, order: orders.Order) -> None:
-    conn.execute(QUERIES["set_order_status"], {"order_id": order.id, "status": orders.Status.CHARGED_BACK})
-    conn.execute(QUERIES["revoke_order_licenses"], {"order_id": order.id})
-    conn.execute(QUERIES["reverse_open_transfers"], {"order_id": order.id})
-    log.warning("order %s charged back: licenses revoked, transfers reversed", order.id)
+def _account_of(opening: dict[str, int], seller_id: uuid.UUID) -> str:
+    """The account the opening took a seller's items from (held or available)."""
+    prefix = f"seller:{seller_id}:"
+    return next(account for account in opening if account.startswith(prefix))
+
+
+def _lost(conn: db.Connection, order: orders.Order, dispute: Dispute) -> None:
+    """Nothing more moves (the money left at the opening): the items it took are charged back."""
+    if _took_items(conn, dispute):
+        conn.execute(QUERIES["revoke_taken_licenses"], {"dispute_id": dispute.id})
+        conn.execute(QUERIES["reverse_open_transfers"], {"order_id": order.id})
+    log.warning(
+        "order %s charged back by dispute %s: licenses revoked, transfers reversed", order.id, dispute.id
+    )
+
+
+def _took_items(conn: db.Connection, dispute: Dispute) -> bool:
+    return conn.execute(QUERIES["items_taken"], {"dispute_id": dispute.id}).fetchone() is not None
+
+
+def _follow(conn: db.Connection, order: orders.Order) -> None:
+    """The order's status follows the facts; its transfers wait while any dispute is open."""
+    status = orders.follow_facts(conn, order.id)
+    if status == orders.Status.DISPUTED:
+        conn.execute(QUERIES["hold_transfers"], {"order_id": order.id})
+    else:
+        conn.execute(QUERIES["release_transfers"], {"order_id": order.id})
+
+
+def _apply_to_invoice(conn: db.Connection, invoice_id: uuid.UUID, dispute: Dispute, new: Report) -> bool:
+    """A subscription's revenue: the bank takes it at the opening, gives it back on a win."""
+    held = dispute.held
+    currency = new.currency or dispute.currency
+    if dispute.status == Status.NONE:
+        opened = ledger.dispute_opened(
+            dispute.id, currency, new.amount, from_sellers={}, invoice_id=invoice_id
+        )
+        ledger.post(conn, opened)
+        held = True
+    if new.status in WON and held:
+        back = {
+            account: -amount for account, amount in ledger.entries_of(conn, _opening_key(dispute)).items()
+        }
+        ledger.post(conn, ledger.dispute_closed(dispute.id, currency, back, invoice_id=invoice_id))
+        held = False
+    return held
 
 
 def _cancel_subscription(

@@ -35,65 +35,12 @@ UPDATE seller_transfers
    AND status = 'on_hold';
 
 -- reverse_open_transfers --
+-- A chargeback: what the order still owes its sellers is reversed; a transfer a paid payout
+-- carried (`completed`) is never rewritten (the ledger posts the seller's debt instead).
 UPDATE seller_transfers
    SET status = 'reversed', updated_at = now()
  WHERE order_id = %(order_id)s
-   AND status <> 'reversed';
-
--- debit_for_dispute --
--- Each seller gives back their unrefunded items' amount, clamped at zero, locked in seller_id
--- order (the one order every balance writer keeps); what was really taken is recorded.
-WITH owed AS (
-    SELECT i.seller_id, sum(i.amount) AS amount
-      FROM order_items i
-     WHERE i.order_id = %(order_id)s
-       AND NOT EXISTS (SELECT 1 FROM refund_items ri JOIN refunds r ON r.id = ri.refund_id
-                        WHERE ri.order_item_id = i.id AND r.status = 'succeeded')
-     GROUP BY i.seller_id
-), before AS (
-    SELECT b.seller_id, b.balance, owed.amount
-      FROM seller_balances b
-      JOIN owed ON owed.seller_id = b.seller_id
-     WHERE b.currency = %(currency)s
-     ORDER BY b.seller_id
-       FOR UPDATE OF b
-), debited AS (
-    UPDATE seller_balances b
-       SET balance = b.balance - least(before.balance, before.amount), updated_at = now()
-      FROM before
-     WHERE b.seller_id = before.seller_id
-       AND b.currency = %(currency)s
- RETURNING b.seller_id, least(before.balance, before.amount) AS taken, before.amount AS owed
-)
-INSERT INTO dispute_debits (dispute_id, seller_id, currency, amount)
-SELECT %(dispute_id)s, seller_id, %(currency)s, taken FROM debited
-RETURNING seller_id, amount, (SELECT owed FROM debited d WHERE d.seller_id = dispute_debits.seller_id);
-
--- recredit_for_dispute --
--- A won dispute gives each seller back exactly what its opening took, in seller_id order.
-WITH given AS (
-    SELECT seller_id, currency, amount FROM dispute_debits WHERE dispute_id = %(dispute_id)s
-), locked AS (
-    SELECT b.seller_id FROM seller_balances b
-      JOIN given g ON g.seller_id = b.seller_id AND g.currency = b.currency
-     ORDER BY b.seller_id
-       FOR UPDATE OF b
-)
-UPDATE seller_balances b
-   SET balance = b.balance + g.amount, updated_at = now()
-  FROM given g
- WHERE b.seller_id = g.seller_id AND b.currency = g.currency
-   AND b.seller_id IN (SELECT seller_id FROM locked)
-RETURNING b.seller_id, g.amount;
-
--- revoke_order_licenses --
-UPDATE licenses
-   SET revoked_at = now()
- WHERE order_id = %(order_id)s
-   AND revoked_at IS NULL;
-
--- set_order_status --
-UPDATE orders SET status = %(status)s, updated_at = now() WHERE id = %(order_id)s;
+   AND status NOT IN ('reversed', 'completed');
 
 -- open_disputes --
 -- Ours still open, the ones asked about longest ago first (disputes_open_idx).
@@ -117,3 +64,18 @@ SELECT id AS dispute_id, order_id, invoice_id, amount, currency, status, stage, 
   FROM disputes
  WHERE closed_at IS NULL OR NOT %(open_only)s
  ORDER BY challenge_required_by NULLS LAST, created_at;
+
+-- take_items --
+-- The items a dispute took when it opened: a win gives back exactly those, a loss charges them back.
+INSERT INTO dispute_items (dispute_id, order_item_id)
+SELECT %(dispute_id)s, unnest(%(item_ids)s::uuid[])
+    ON CONFLICT DO NOTHING;
+
+-- items_taken --
+SELECT order_item_id FROM dispute_items WHERE dispute_id = %(dispute_id)s;
+
+-- revoke_taken_licenses --
+UPDATE licenses
+   SET revoked_at = now()
+ WHERE order_item_id IN (SELECT order_item_id FROM dispute_items WHERE dispute_id = %(dispute_id)s)
+   AND revoked_at IS NULL;

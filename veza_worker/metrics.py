@@ -135,6 +135,12 @@ class _Gauges:
             subscriptions.add_metric([status], count)
         yield subscriptions
         yield Gauge("veza_disputes_open", "Disputes not closed yet.", value=values["disputes_open"])
+        if values["ledger_violations"] is not None:  # absent until the first audit sweep
+            yield Gauge(
+                "veza_ledger_violations",
+                "What the last ledger audit found wrong (veza-worker audit).",
+                value=values["ledger_violations"],
+            )
         nearest = values["dispute_nearest_deadline"]
         yield Gauge(
             "veza_dispute_nearest_deadline_timestamp_seconds",

@@ -12,7 +12,7 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from veza_worker import db, sweeps
+from veza_worker import audit, db, sweeps
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import model
 
@@ -50,6 +50,7 @@ def gauges(conn: db.Connection, settings: Settings) -> dict[str, Any]:
             "subscriptions": subscriptions_by_status(conn),
             "disputes_open": disputes[0],
             "dispute_nearest_deadline": disputes[1],
+            "ledger_violations": audit.last_violations(conn),
             **sweeps.gauges(conn, settings),
         }
 
@@ -73,6 +74,7 @@ def status(conn: db.Connection, settings: Settings) -> tuple[dict[str, Any], boo
             "needs_a_human": human,
             "subscriptions": subscriptions_by_status(conn),
             "disputes": {"open": disputes[0], "nearest_deadline": disputes[1]},
+            "ledger": audit.last_state(conn),
             **schedule,
         }
     healthy = not human and not any(s["overdue"] for s in schedule["sweeps"].values())

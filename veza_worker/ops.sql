@@ -43,16 +43,16 @@ UNION ALL
    FROM reconcile_state WHERE gave_up_at IS NOT NULL OR checks >= 5
   ORDER BY first_checked_at LIMIT 20)
 UNION ALL
-(SELECT 'refund', id::text, 'automatic refund failed: ' || coalesce(error_message, ''), failed_at
-   FROM refunds WHERE automatic AND status = 'failed'
-  ORDER BY failed_at LIMIT 20)
+(SELECT 'discrepancy', id::text, kind || ': ' || detail, created_at
+   FROM discrepancies WHERE resolved_at IS NULL
+  ORDER BY created_at LIMIT 20)
 ORDER BY since
 LIMIT 20;
 
 -- needs_a_human_count --
 SELECT (SELECT count(*) FROM hyperswitch_webhook_log WHERE processing_result LIKE 'error%%')
      + (SELECT count(*) FROM reconcile_state WHERE gave_up_at IS NOT NULL OR checks >= 5)
-     + (SELECT count(*) FROM refunds WHERE automatic AND status = 'failed');
+     + (SELECT count(*) FROM discrepancies WHERE resolved_at IS NULL);
 
 -- subscriptions_by_status --
 SELECT status, count(*) FROM user_subscriptions GROUP BY status;

@@ -15,7 +15,7 @@ from typing import Any
 
 from psycopg.rows import class_row
 
-from veza_worker import automatic_refunds, db, errors, events, hyperswitch
+from veza_worker import automatic_refunds, db, discrepancies, errors, events, hyperswitch, ledger
 
 log = logging.getLogger(__name__)
 QUERIES = db.load_queries(__name__)
@@ -56,6 +56,45 @@ class Order:
     payment_id: str | None
     completed_at: datetime | None
     refund_deadline: datetime | None
+    hold_released_at: datetime | None
+
+    @property
+    def bucket(self) -> ledger.Bucket:
+        """Where its sellers' earnings stand: held until the payout sweep releases the order."""
+        return ledger.Bucket.HELD if self.hold_released_at is None else ledger.Bucket.AVAILABLE
+
+
+@dataclass(frozen=True)
+class Item:
+    """An order item and what the PSP did to it: refunded (a succeeded refund has it), in flight
+    (a pending one), disputed (an open or lost dispute took it), charged back (a lost one)."""
+
+    id: uuid.UUID
+    seller_id: uuid.UUID
+    amount: int
+    refunded: bool
+    in_flight: bool
+    disputed: bool
+    charged_back: bool
+
+
+def items(conn: db.Connection, order_id: uuid.UUID) -> list[Item]:
+    with conn.cursor(row_factory=class_row(Item)) as cur:
+        return cur.execute(QUERIES["items"], {"order_id": order_id}).fetchall()
+
+
+def by_account(order: Order, taken: list[Item]) -> dict[str, int]:
+    """The items' amounts by the seller account that holds them."""
+    entries: dict[str, int] = {}
+    for item in taken:
+        ledger.sum_into(entries, ledger.seller(item.seller_id, order.bucket), item.amount)
+    return entries
+
+
+def follow_facts(conn: db.Connection, order_id: uuid.UUID) -> str:
+    """Set a paid order's status (and refunded_amount) from what the PSP did to it; the status."""
+    row = conn.execute(QUERIES["follow_facts"], {"order_id": order_id}).fetchone()
+    return str(row[0]) if row else ""
 
 
 def lock(conn: db.Connection, order_id: uuid.UUID) -> Order | None:
@@ -168,9 +207,22 @@ def _refund_automatically(conn: db.Connection, order: Order, amount: int, what: 
 
 
 def _complete(conn: db.Connection, order: Order, refund_window: timedelta) -> None:
-    """In the caller's transaction, one statement: order completed, licenses, transfers, seller credits."""
+    """In the caller's transaction: order completed, licenses, transfers (one statement), then the
+    payment posted: world -total, each seller's items into held."""
     params = {"order_id": order.id, "currency": order.currency, "refund_window": refund_window}
     row = conn.execute(QUERIES["complete_order"], params).fetchone()
     assert row is not None  # a SELECT of aggregates always returns its row
-    licenses, _transfers, sellers = row
-    log.info("order %s completed: %d licenses, %d sellers credited", order.id, licenses, sellers)
+    licenses, _transfers, sellers, amounts = row
+    earned = dict(zip(sellers, amounts, strict=True))
+    ledger.post(conn, ledger.order_paid(order.id, order.currency, order.total_amount, earned))
+    if sum(amounts) != order.total_amount:
+        discrepancies.open_one(
+            conn,
+            discrepancies.Kind.ORDER_ITEMS_MISMATCH,
+            f"order {order.id} was paid {order.total_amount} {order.currency} but its items add up to"
+            f" {sum(amounts)}: the difference is in platform:unallocated",
+            order_id=order.id,
+            amount=order.total_amount - sum(amounts),
+            currency=order.currency,
+        )
+    log.info("order %s completed: %d licenses, %d sellers credited", order.id, licenses, len(sellers))

@@ -17,6 +17,7 @@ Every writer locks the order first, then the refund.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row
 
-from veza_worker import automatic_refunds, db, errors, events, hyperswitch, orders
+from veza_worker import automatic_refunds, db, discrepancies, errors, events, hyperswitch, ledger, orders
 from veza_worker.events import Event
 from veza_worker.settings import Settings
 
@@ -159,28 +160,12 @@ def open_refund(
     return opened
 
 
-@dataclass(frozen=True)
-class Item:
-    """An order item and where it stands: refunded (a succeeded refund has it), in_flight (pending)."""
-
-    id: uuid.UUID
-    seller_id: uuid.UUID
-    amount: int
-    refunded: bool
-    in_flight: bool
-
-
-def order_items(conn: db.Connection, order_id: uuid.UUID) -> list[Item]:
-    with conn.cursor(row_factory=class_row(Item)) as cur:
-        return cur.execute(QUERIES["order_items"], {"order_id": order_id}).fetchall()
-
-
 def _choose_items(
     conn: db.Connection, order: orders.Order, asked: list[uuid.UUID] | None, seller: uuid.UUID | None
-) -> list[Item]:
+) -> list[orders.Item]:
     """The items to refund: those asked for, each checked, or by default every one not yet refunded
     (a seller's default and limit: their own)."""
-    all_items = order_items(conn, order.id)
+    all_items = orders.items(conn, order.id)
     by_id = {item.id: item for item in all_items}
     if asked is None:
         chosen = [i for i in all_items if not i.refunded and (seller is None or i.seller_id == seller)]
@@ -314,18 +299,16 @@ def _adopt_or_wait(conn: db.Connection, psp_id: str, event: Event) -> str:
 
 
 def adopt(conn: db.Connection, order: orders.Order, psp_id: str, event: Event) -> str:
-    """Record a refund made in the Hyperswitch dashboard or API. On a completed order, for the
-    whole remaining amount it has a refund's full effects; for any other amount, or on an order in
-    another state, it is recorded, changes no balance, and one ERROR line asks a human."""
+    """Record a refund made in the Hyperswitch dashboard or API, whatever the order's status. Its
+    success is the PSP's fact and always posts: against the items left when it is for exactly
+    their amount, else to platform:unallocated with a discrepancy."""
     amount = event.data.get("amount")
     if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
         return "error: invalid refund amount"
     status = _psp_status(event)
     message = event.data.get("error_message")
-    applies = status == "succeeded" and order.status == orders.Status.COMPLETED
-    # Pending when settle applies it below, or while the PSP has not decided; a refund the PSP
-    # decided and that changes nothing here is recorded with the PSP's final status, ours too.
-    recorded = Status.PENDING if applies or status not in ("succeeded", "failed") else Status(status)
+    # Pending until settle applies it (below, or when the PSP decides); a failure is recorded as such.
+    recorded = Status.FAILED if status == "failed" else Status.PENDING
     reason = event.data.get("reason")
     refund_id = uuid.uuid4()
     conn.execute(
@@ -350,21 +333,11 @@ def adopt(conn: db.Connection, order: orders.Order, psp_id: str, event: Event) -
         order.currency,
         status,
     )
-    if applies:
-        refund = lock(conn, refund_id)
-        assert refund is not None
-        return settle(conn, order, refund, status, None, amount)
-    if status == "succeeded":
-        log.error(
-            "refund %s of %d %s made at the payment provider for order %s, which is %s: recorded,"
-            " no balance changed; needs a human",
-            psp_id,
-            amount,
-            order.currency,
-            order.id,
-            order.status,
-        )
-    return "ok"
+    if status != "succeeded":
+        return "ok"
+    refund = lock(conn, refund_id)
+    assert refund is not None
+    return settle(conn, order, refund, status, None, amount)
 
 
 def _psp_status(event: Event) -> str:
@@ -384,63 +357,131 @@ def settle(
 ) -> str:
     """Apply the PSP's status (and refunded amount, when known) to a locked order and refund.
 
-    A terminal refund ignores it; a success for another amount than ours changes nothing.
+    A success is the PSP's fact and always posts, once: for another amount than ours, or after we
+    held the refund failed, it posts what the PSP did and opens a discrepancy. Otherwise a
+    terminal refund ignores further events.
     """
-    if refund.status != Status.PENDING:
-        if status == "succeeded" and refund.status == Status.FAILED:
-            log.error(
-                "refund %s is failed but the psp refunded it: needs a human", refund.hyperswitch_refund_id
-            )
-        return f"skipped: refund already {refund.status}"
-    if status == "succeeded":
-        if amount is not None and amount != refund.amount:
-            log.error(
-                "refund %s amount mismatch: psp refunded %r, we asked %d %s; needs a human",
-                refund.hyperswitch_refund_id,
-                amount,
-                refund.amount,
-                refund.currency,
-            )
-            return "error: refund amount mismatch"
+    if status == "succeeded" and refund.status != Status.SUCCEEDED:
+        psp_amount = amount if isinstance(amount, int) and not isinstance(amount, bool) else refund.amount
+        if refund.status == Status.FAILED:
+            return _succeeded_after_failure(conn, order, refund, psp_amount)
+        if psp_amount != refund.amount:
+            return _succeeded_for_another_amount(conn, order, refund, psp_amount)
         return _succeed(conn, order, refund)
+    if refund.status != Status.PENDING:
+        return f"skipped: refund already {refund.status}"
     if status == "failed":
         _fail(conn, order, refund, error_message or "refund failed at the payment provider")
         return "ok"
     return f"skipped: refund status {status or 'missing'}"
 
 
-def _succeed(conn: db.Connection, order: orders.Order, refund: Refund) -> str:
-    """One transaction (the caller's): refund, order, and for the refund's items only: licenses,
-    balances, transfers. A refund with no items (made at the PSP) takes every item left when its
-    amount is theirs; any other amount is recorded with no effect and needs a human."""
+def _succeed(conn: db.Connection, order: orders.Order, refund: Refund, *, explained: bool = False) -> str:
+    """One transaction (the caller's): the refund succeeded, posted, and for its items only:
+    licenses revoked, transfers reversed; the order's status follows. A refund with no items (made
+    at the PSP) takes every item left when its amount is theirs. Items a dispute already took are
+    paid from platform:unallocated (the buyer got the money twice: a discrepancy); a refund that
+    matches no items too."""
     params = {"refund_id": refund.id, "order_id": order.id, "currency": order.currency}
     conn.execute(QUERIES["succeed_refund"], params)
-    if not _has_items(conn, refund) and not _take_remaining_items(conn, order, refund):
-        return "ok"
-    conn.execute(QUERIES["revoke_licenses"], params)
-    for seller_id, shortfall in conn.execute(QUERIES["debit_sellers"], params).fetchall():
-        if shortfall:
-            log.warning(
-                "refund %s: seller %s balance clamped at zero, %d %s not recovered",
-                refund.hyperswitch_refund_id,
-                seller_id,
-                shortfall,
-                order.currency,
-            )
-    _reverse_transfers(conn, order, refund)
-    row = conn.execute(
-        QUERIES["raise_refunded_amount"], {"order_id": order.id, "amount": refund.amount}
-    ).fetchone()
-    assert row is not None
-    log.info(
-        "refund %s succeeded: order %s %s, %d of %d refunded",
-        refund.hyperswitch_refund_id,
-        order.id,
-        row[0],
-        row[1],
-        order.total_amount,
+    if not _has_items(conn, refund):
+        _take_remaining_items(conn, order, refund)
+    taken = _items_of(conn, order, refund)
+    from_sellers = orders.by_account(order, [i for i in taken if not i.disputed])
+    ledger.post(
+        conn,
+        ledger.refund_succeeded(
+            refund.id, order.currency, refund.amount, from_sellers=from_sellers, order_id=order.id
+        ),
     )
+    if taken:
+        conn.execute(QUERIES["revoke_licenses"], params)
+        _reverse_transfers(conn, order, refund)
+    if not explained:  # the caller opened the discrepancy that says why
+        _ask_about_what_sellers_did_not_cover(conn, order, refund, taken)
+    now = orders.follow_facts(conn, order.id)
+    log.info("refund %s succeeded: order %s %s", refund.hyperswitch_refund_id, order.id, now)
     return "ok"
+
+
+def _items_of(conn: db.Connection, order: orders.Order, refund: Refund) -> list[orders.Item]:
+    ids = {row[0] for row in conn.execute(QUERIES["refund_item_ids"], {"refund_id": refund.id})}
+    return [item for item in orders.items(conn, order.id) if item.id in ids]
+
+
+def _ask_about_what_sellers_did_not_cover(
+    conn: db.Connection, order: orders.Order, refund: Refund, taken: list[orders.Item]
+) -> None:
+    disputed = sum(i.amount for i in taken if i.disputed)
+    if not taken:
+        kind = discrepancies.Kind.REFUND_UNMATCHED
+        detail = (
+            f"refund {refund.hyperswitch_refund_id} of {refund.amount} {order.currency} for order {order.id}"
+            " matches no items left: paid from platform:unallocated, no seller debited"
+        )
+    elif disputed:
+        kind = discrepancies.Kind.REFUND_OF_DISPUTED_ITEMS
+        detail = (
+            f"refund {refund.hyperswitch_refund_id} gave back {disputed} {order.currency} of items of order"
+            f" {order.id} that a dispute already took: the buyer may be paid twice (platform:unallocated)"
+        )
+    else:
+        return
+    discrepancies.open_one(
+        conn,
+        kind,
+        detail,
+        order_id=order.id,
+        refund_id=refund.id,
+        amount=refund.amount if not taken else disputed,
+        currency=order.currency,
+    )
+
+
+def _succeeded_after_failure(conn: db.Connection, order: orders.Order, refund: Refund, amount: int) -> str:
+    """We held it failed (its items free again), the PSP refunded it: its items stay its own when
+    no other refund took them meanwhile, else it is posted like a refund made at the PSP."""
+    detail = (
+        f"refund {refund.hyperswitch_refund_id} was failed here but the payment provider refunded"
+        f" {amount} {order.currency} for order {order.id}: posted as succeeded"
+    )
+    taken_since = any(i.refunded or i.in_flight for i in _items_of(conn, order, refund))
+    keep = amount == refund.amount and not taken_since
+    kind = discrepancies.Kind.REFUND_SUCCEEDED_AFTER_FAILED
+    return _succeed_as_the_psp_says(conn, order, refund, amount, kind, detail, keep_items=keep)
+
+
+def _succeeded_for_another_amount(
+    conn: db.Connection, order: orders.Order, refund: Refund, amount: int
+) -> str:
+    """The PSP refunded another amount than we asked: which items it covers is unknown."""
+    detail = (
+        f"refund {refund.hyperswitch_refund_id}: the payment provider refunded {amount} {order.currency},"
+        f" we asked {refund.amount} for order {order.id}"
+    )
+    kind = discrepancies.Kind.REFUND_AMOUNT_MISMATCH
+    return _succeed_as_the_psp_says(conn, order, refund, amount, kind, detail, keep_items=False)
+
+
+def _succeed_as_the_psp_says(
+    conn: db.Connection,
+    order: orders.Order,
+    refund: Refund,
+    amount: int,
+    kind: discrepancies.Kind,
+    detail: str,
+    *,
+    keep_items: bool,
+) -> str:
+    """A success our books did not expect: a discrepancy says why, the refund records the amount the
+    PSP refunded, and without its items it is posted like a refund made at the PSP."""
+    discrepancies.open_one(
+        conn, kind, detail, order_id=order.id, refund_id=refund.id, amount=amount, currency=order.currency
+    )
+    if not keep_items:
+        conn.execute(QUERIES["drop_refund_items"], {"refund_id": refund.id})
+    conn.execute(QUERIES["set_refund_amount"], {"refund_id": refund.id, "amount": amount})
+    return _succeed(conn, order, dataclasses.replace(refund, amount=amount), explained=True)
 
 
 def _has_items(conn: db.Connection, refund: Refund) -> bool:
@@ -448,26 +489,12 @@ def _has_items(conn: db.Connection, refund: Refund) -> bool:
     return bool(row and row[0])
 
 
-def _take_remaining_items(conn: db.Connection, order: orders.Order, refund: Refund) -> bool:
+def _take_remaining_items(conn: db.Connection, order: orders.Order, refund: Refund) -> None:
     """A refund without items (made at the PSP, or from before refunds had items) refunds the
-    items left when it is for exactly their amount, on an order that is ours to move."""
-    left = [i for i in order_items(conn, order.id) if not i.refunded and not i.in_flight]
-    ours_to_move = order.status == (
-        orders.Status.REFUND_PENDING if refund.requested_by else orders.Status.COMPLETED
-    )
-    if ours_to_move and left and sum(i.amount for i in left) == refund.amount:
+    items left (not refunded, not in flight, not charged back) when it is for exactly their amount."""
+    left = [i for i in orders.items(conn, order.id) if not (i.refunded or i.in_flight or i.charged_back)]
+    if left and sum(i.amount for i in left) == refund.amount:
         _add_items(conn, refund.id, [i.id for i in left])
-        return True
-    log.error(
-        "refund %s of %d %s for order %s (status %s) matches no items left: recorded, no balance changed;"
-        " needs a human",
-        refund.hyperswitch_refund_id,
-        refund.amount,
-        refund.currency,
-        order.id,
-        order.status,
-    )
-    return False
 
 
 def _reverse_transfers(conn: db.Connection, order: orders.Order, refund: Refund) -> None:
@@ -477,11 +504,8 @@ def _reverse_transfers(conn: db.Connection, order: orders.Order, refund: Refund)
 
 def _fail(conn: db.Connection, order: orders.Order, refund: Refund, message: str) -> None:
     conn.execute(QUERIES["fail_refund"], {"refund_id": refund.id, "error_message": message})
-    if order.status == orders.Status.REFUND_PENDING:
-        _set_order_status(conn, order.id, orders.Status.COMPLETED)
-    log.warning(
-        "refund %s failed: %s; order %s back to completed", refund.hyperswitch_refund_id, message, order.id
-    )
+    now = orders.follow_facts(conn, order.id)
+    log.warning("refund %s failed: %s; order %s %s", refund.hyperswitch_refund_id, message, order.id, now)
 
 
 def _set_order_status(conn: db.Connection, order_id: uuid.UUID, status: orders.Status) -> None:

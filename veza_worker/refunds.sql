@@ -40,17 +40,6 @@ UPDATE refunds
    SET status = 'failed', failed_at = now(), error_message = %(error_message)s, updated_at = now()
  WHERE id = %(refund_id)s;
 
--- order_items --
--- An order's items and where each stands: in a succeeded refund, or in the one in flight.
-SELECT i.id, i.seller_id, i.amount,
-       EXISTS (SELECT 1 FROM refund_items ri JOIN refunds r ON r.id = ri.refund_id
-                WHERE ri.order_item_id = i.id AND r.status = 'succeeded') AS refunded,
-       EXISTS (SELECT 1 FROM refund_items ri JOIN refunds r ON r.id = ri.refund_id
-                WHERE ri.order_item_id = i.id AND r.status = 'pending') AS in_flight
-  FROM order_items i
- WHERE i.order_id = %(order_id)s
- ORDER BY i.id;
-
 -- insert_refund_items --
 INSERT INTO refund_items (refund_id, order_item_id)
 SELECT %(refund_id)s, unnest(%(item_ids)s::uuid[]);
@@ -65,41 +54,18 @@ UPDATE licenses
  WHERE order_item_id IN (SELECT order_item_id FROM refund_items WHERE refund_id = %(refund_id)s)
    AND revoked_at IS NULL;
 
--- debit_sellers --
--- Each seller of the refund's items gives back those items' amount, clamped at zero (a seller
--- already paid out cannot go negative); the shortfall is returned so it can be logged for finance.
-WITH owed AS (
-    SELECT i.seller_id, sum(i.amount) AS amount
-      FROM refund_items ri
-      JOIN order_items i ON i.id = ri.order_item_id
-     WHERE ri.refund_id = %(refund_id)s
-     GROUP BY i.seller_id
-), before AS (
-    -- Locked in (seller_id, currency) order, the one order every balance writer keeps.
-    SELECT b.seller_id, b.balance, owed.amount
-      FROM seller_balances b
-      JOIN owed ON owed.seller_id = b.seller_id
-     WHERE b.currency = %(currency)s
-     ORDER BY b.seller_id
-       FOR UPDATE OF b
-)
-UPDATE seller_balances b
-   SET balance = greatest(before.balance - before.amount, 0), updated_at = now()
-  FROM before
- WHERE b.seller_id = before.seller_id
-   AND b.currency = %(currency)s
-RETURNING b.seller_id, greatest(before.amount - before.balance, 0) AS shortfall;
-
 -- reverse_transfers --
 -- Per seller of the refund's items, in one statement: an open transfer the refund takes whole is
 -- reversed; one it takes part of keeps the seller's unrefunded amount, and a reversed piece
--- records the rest. A seller with no open transfer (already paid out) has nothing to reverse.
+-- records the rest. A transfer a paid payout carried (`completed`) is never rewritten: the ledger
+-- posts the seller's debt instead.
 WITH owed AS (
     SELECT t.id AS transfer_id, t.amount AS transfer_amount, sum(i.amount) AS amount
       FROM refund_items ri
       JOIN order_items i ON i.id = ri.order_item_id
       JOIN seller_transfers t
-        ON t.order_id = %(order_id)s AND t.seller_id = i.seller_id AND t.status <> 'reversed'
+        ON t.order_id = %(order_id)s AND t.seller_id = i.seller_id
+       AND t.status NOT IN ('reversed', 'completed')
      WHERE ri.refund_id = %(refund_id)s
      GROUP BY t.id, t.amount
 ), reversed AS (
@@ -121,20 +87,23 @@ WITH owed AS (
 )
 SELECT (SELECT count(*) FROM reversed) AS reversed, (SELECT count(*) FROM pieces) AS split;
 
--- raise_refunded_amount --
--- The order's refunded total grows; it is refunded once no item is left, else completed again.
-UPDATE orders o
-   SET refunded_amount = o.refunded_amount + %(amount)s,
-       status = CASE WHEN o.refunded_amount + %(amount)s >= o.total_amount THEN 'refunded' ELSE 'completed' END,
-       updated_at = now()
- WHERE o.id = %(order_id)s
-RETURNING status, refunded_amount;
-
 -- insert_adopted_refund --
--- A refund made at the PSP (dashboard, API) that we never asked for: recorded under its own id.
--- Its status is the PSP's when it has no effect on the order; `pending` when settle applies it.
+-- A refund made at the PSP (dashboard, API) that we never asked for: recorded under its own id,
+-- `pending` until settle applies the PSP's success, or `failed` as the PSP says.
 INSERT INTO refunds (id, order_id, invoice_id, requested_by, amount, currency, reason, note, status,
                      hyperswitch_refund_id, error_message, submitted_at, succeeded_at, failed_at)
 VALUES (%(id)s, %(order_id)s, %(invoice_id)s, NULL, %(amount)s, %(currency)s, %(reason)s,
         'made at the payment provider', %(status)s, %(hyperswitch_refund_id)s, %(error_message)s, now(),
         CASE WHEN %(status)s = 'succeeded' THEN now() END, CASE WHEN %(status)s = 'failed' THEN now() END);
+
+-- refund_item_ids --
+SELECT order_item_id FROM refund_items WHERE refund_id = %(refund_id)s;
+
+-- drop_refund_items --
+-- A refund whose items the PSP's answer no longer vouches for (another amount, or refunded after
+-- we failed it while its items were asked again): it keeps none.
+DELETE FROM refund_items WHERE refund_id = %(refund_id)s;
+
+-- set_refund_amount --
+-- What the PSP really refunded.
+UPDATE refunds SET amount = %(amount)s, updated_at = now() WHERE id = %(refund_id)s;

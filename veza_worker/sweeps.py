@@ -21,7 +21,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from veza_worker import automatic_refunds, db, errors, hyperswitch, reconcile, retention, webhooks
+from veza_worker import audit, automatic_refunds, db, errors, hyperswitch, reconcile, retention, webhooks
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import billing
 
@@ -58,6 +58,8 @@ class Sweep:
     cron: str | None = None  # a crontab line (UTC) the clock follows instead; `every` still sets overdue
     enabled_by: str | None = None  # a boolean Settings field: false, no clock runs it, none expects it
     needs_psp: bool = False  # without a PSP the actor skips it (WARNING) and the command exits 1
+    # What the command says on exit 1 when the run found something wrong (None: all well).
+    verdict: Callable[[dict[str, Any]], str | None] | None = None
     time_limit: timedelta = timedelta(minutes=10)  # Dramatiq's default
 
     def __post_init__(self) -> None:
@@ -107,6 +109,10 @@ def _renew(context: Context) -> dict[str, Any]:
 
 def _automatic_refunds(context: Context) -> dict[str, Any]:
     return automatic_refunds.send_unsent(context.conn, context.client)
+
+
+def _audit(context: Context) -> dict[str, Any]:
+    return audit.run(context.conn)
 
 
 SWEEPS: tuple[Sweep, ...] = (
@@ -164,6 +170,17 @@ SWEEPS: tuple[Sweep, ...] = (
         help="send the automatic refunds not sent yet (the outbox's fallback); prints counts",
         run=_automatic_refunds,
         every=timedelta(minutes=1),
+    ),
+    Sweep(
+        "audit",
+        command="audit",
+        actor="audit_ledger",
+        help="check the ledger against itself and every money fact we hold; exit 1 naming what is wrong",
+        run=_audit,
+        every=timedelta(days=1),
+        cron="47 4 * * *",  # after retention, in quiet hours
+        verdict=audit.verdict,
+        time_limit=timedelta(hours=1),
     ),
 )
 

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row
 
-from veza_worker import db, disputes, errors, events, orders, refunds
+from veza_worker import db, disputes, errors, events, ledger, orders, refunds
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import invoices
 
@@ -285,7 +285,8 @@ def _dispatch(
     if handler is None:
         return f"skipped: unhandled {event.event_type}"
     try:
-        return handler(conn, event, settings)
+        with ledger.caused_by(row.id):  # its postings name this delivery
+            return handler(conn, event, settings)
     except errors.UnknownObject as exc:
         if row.age >= UNKNOWN_OBJECT_PATIENCE or not patient:
             return exc.result

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from veza_worker import automatic_refunds, db, errors, events, hyperswitch
+from veza_worker import automatic_refunds, db, errors, events, hyperswitch, ledger
 from veza_worker.subscriptions import model, periods
 from veza_worker.subscriptions.model import Subscription
 
@@ -278,10 +278,12 @@ def settle(
     if not events.paid_in_full(payment, invoice.amount, invoice.currency, f"invoice {invoice.id}"):
         return "error: amount mismatch"
     conn.execute(QUERIES["pay_invoice"], {"invoice_id": invoice.id})
+    ledger.post(conn, ledger.invoice_paid(invoice.id, invoice.currency, invoice.amount))
     if subscription.status in model.ENDED:
-        return _refund_unwanted(conn, invoice, outcome.captured, f"a {subscription.status} subscription")
+        what = f"a {subscription.status} subscription"
+        return _refund_unwanted(conn, invoice, outcome.captured, what, ledger.REVENUE)
     if _already_paid_for(subscription, invoice):
-        return _refund_unwanted(conn, invoice, outcome.captured, "a period already paid")
+        return _refund_unwanted(conn, invoice, outcome.captured, "a period already paid", ledger.REVENUE)
     _activate(conn, subscription, invoice, payment)
     return "ok"
 
@@ -335,10 +337,13 @@ def _fail(conn: db.Connection, subscription: Subscription, invoice: Invoice) -> 
         )
 
 
-def _refund_unwanted(conn: db.Connection, invoice: Invoice, amount: int, what: str) -> str:
+def _refund_unwanted(
+    conn: db.Connection, invoice: Invoice, amount: int, what: str, source: str = ledger.WORLD
+) -> str:
     """No money kept for nothing: the whole captured amount goes back, automatically, once."""
     opened = automatic_refunds.open_refund(
         conn,
+        source=source,
         invoice_id=invoice.id,
         amount=amount,
         currency=invoice.currency,
