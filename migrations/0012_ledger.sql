@@ -44,17 +44,17 @@ CREATE INDEX ledger_entries_account_idx ON ledger_entries (account, id);
 -- by several statements; whoever writes them, Postgres checks.
 CREATE FUNCTION ledger_check_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    legs integer;
     off record;
 BEGIN
-    SELECT count(*) INTO legs FROM ledger_entries WHERE transaction_id = NEW.id;
-    IF legs = 0 THEN
+    SELECT count(*) AS currencies, min(currency) FILTER (WHERE total <> 0) AS currency,
+           min(total) FILTER (WHERE total <> 0) AS total
+      INTO off
+      FROM (SELECT currency, sum(amount) AS total
+              FROM ledger_entries WHERE transaction_id = NEW.id GROUP BY currency) per_currency;
+    IF off.currencies = 0 THEN
         RAISE EXCEPTION 'ledger transaction % (%) has no entries', NEW.id, NEW.key USING ERRCODE = 'check_violation';
     END IF;
-    SELECT currency, sum(amount) AS total INTO off
-      FROM ledger_entries WHERE transaction_id = NEW.id
-     GROUP BY currency HAVING sum(amount) <> 0 LIMIT 1;
-    IF FOUND THEN
+    IF off.currency IS NOT NULL THEN
         RAISE EXCEPTION 'ledger transaction % (%) is not balanced: % % off', NEW.id, NEW.key, off.total, off.currency
             USING ERRCODE = 'check_violation';
     END IF;
@@ -63,17 +63,24 @@ END $$;
 CREATE CONSTRAINT TRIGGER ledger_transactions_balanced AFTER INSERT ON ledger_transactions
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ledger_check_balanced();
 
+-- Once per statement (its inserted entries as a transition table), not once per entry.
 CREATE FUNCTION ledger_check_same_writer() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    closed uuid;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM ledger_transactions
-                    WHERE id = NEW.transaction_id AND written_by = pg_current_xact_id()) THEN
-        RAISE EXCEPTION 'ledger transaction % is closed: entries join it only when it is written',
-            NEW.transaction_id USING ERRCODE = 'check_violation';
+    SELECT n.transaction_id INTO closed
+      FROM new_entries n
+      LEFT JOIN ledger_transactions t ON t.id = n.transaction_id AND t.written_by = pg_current_xact_id()
+     WHERE t.id IS NULL
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'ledger transaction % is closed: entries join it only when it is written', closed
+            USING ERRCODE = 'check_violation';
     END IF;
     RETURN NULL;
 END $$;
-CREATE CONSTRAINT TRIGGER ledger_entries_same_writer AFTER INSERT ON ledger_entries
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ledger_check_same_writer();
+CREATE TRIGGER ledger_entries_same_writer AFTER INSERT ON ledger_entries
+    REFERENCING NEW TABLE AS new_entries FOR EACH STATEMENT EXECUTE FUNCTION ledger_check_same_writer();
 
 -- Append-only: a mistake is corrected by a new transaction (kind `correction`), never an edit.
 CREATE FUNCTION ledger_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -136,7 +136,7 @@ def post(conn: db.Connection, posting: Posting) -> bool:
     row = conn.execute(QUERIES["post"], params).fetchone()
     posted = bool(row and row[0])
     if posted:
-        log.info("posted %s (%s): %s %s", posting.key, posting.kind, legs, posting.currency)
+        log.debug("posted %s (%s): %s %s", posting.key, posting.kind, legs, posting.currency)
     return posted
 
 
