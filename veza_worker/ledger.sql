@@ -13,7 +13,7 @@ WITH tx AS (
 ), legs AS (
     INSERT INTO ledger_entries (transaction_id, account, currency, amount)
     SELECT tx.id, e.account, %(currency)s, e.amount
-      FROM tx, unnest(%(accounts)s::text[], %(amounts)s::bigint[]) AS e (account, amount)
+      FROM tx, unnest(%(accounts)b::text[], %(amounts)b::bigint[]) AS e (account, amount)
  RETURNING account, amount
 ), sellers AS (
     SELECT split_part(account, ':', 2)::uuid AS seller_id,
