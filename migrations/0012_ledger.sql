@@ -29,7 +29,10 @@ CREATE INDEX ledger_transactions_payout_idx ON ledger_transactions (payout_id) W
 -- means money held in that account. Accounts: world, platform:<name>, seller:<uuid>:<bucket>.
 CREATE TABLE ledger_entries (
     id              bigserial PRIMARY KEY,
-    transaction_id  uuid NOT NULL REFERENCES ledger_transactions (id),
+    -- No foreign key: ledger_check_same_writer already refuses an entry whose transaction this
+    -- database transaction did not write (so one that does not exist), once per statement,
+    -- where a foreign key would check each entry on the hot path again.
+    transaction_id  uuid NOT NULL,
     account         text NOT NULL CHECK (account ~ '^(world|platform:[a-z_]+|seller:[0-9a-f-]{36}:(held|available|in_transit))$'),
     currency        text NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
     amount          bigint NOT NULL CHECK (amount <> 0)
