@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import sys
@@ -11,6 +12,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import argon2
 import psycopg
 
 from veza_worker import (
@@ -143,6 +145,23 @@ def cmd_resume_subscription(args: argparse.Namespace, settings: Settings) -> Any
         return subscriptions.resume(conn, args.subscription_id)
 
 
+class RawOutput(str):
+    """A result printed as it is, not as JSON: a hash goes straight into `OPS_USERS=name:$(...)`."""
+
+
+def cmd_hash_password(args: argparse.Namespace, settings: Settings) -> Any:
+    """An argon2 hash of a password read from stdin (first line) or, on a terminal, typed twice."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise errors.DomainError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    if not password:
+        raise errors.DomainError("empty password")
+    return RawOutput(argon2.PasswordHasher().hash(password))
+
+
 def _uuid(value: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
@@ -214,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--now", action="store_true", help="end access now; a pending payment is cancelled")
     resume = add("resume-subscription", cmd_resume_subscription, "undo a cancel at period end")
     resume.add_argument("subscription_id", metavar="SUBSCRIPTION_ID", type=_uuid)
+    add(
+        "hash-password",
+        cmd_hash_password,
+        "print an argon2 hash for OPS_USERS (password from stdin, or typed twice on a terminal)",
+    )
     return parser
 
 
@@ -244,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"veza-worker {args.command}: database unavailable: {' '.join(str(exc).split())}", file=sys.stderr
         )
         return 1
-    print(_json(result))
+    print(result if isinstance(result, RawOutput) else _json(result))
     return 0
 
 
