@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: install services run test lint check bench bench-renew bench-sweeps bench-worker
+.PHONY: install services browser run test lint check bench bench-console bench-renew bench-sweeps bench-worker
 
 install: $(VENV)/.installed
 
@@ -23,7 +23,11 @@ run: install services
 	HYPERSWITCH_WEBHOOK_SECRET="$${HYPERSWITCH_WEBHOOK_SECRET:-dev_webhook_secret}" \
 	$(BIN)/honcho start -f Procfile -p "$${PORT:-8000}" web worker clock
 
-test: install services
+# The console's browser tests drive Debian's chromium through Playwright (nothing downloaded at run time).
+browser:
+	[ -x /usr/bin/chromium ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
+
+test: install services browser
 	$(BIN)/pytest
 
 lint: install
@@ -38,6 +42,9 @@ check: lint test
 bench: install services
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/receiver
+
+bench-console: install services
+	$(BIN)/python bench/console
 
 bench-renew: install services
 	$(BIN)/python bench/renew
