@@ -25,15 +25,30 @@ CREATE TABLE ops_login_failures (
 );
 CREATE INDEX ops_login_failures_first_idx ON ops_login_failures (first_at);
 
--- The payment a stored delivery is about (payment, refund and dispute objects all carry it), read
--- from the body without parsing it: a delivery whose body is not JSON, or whose id is not a short
--- token, gives NULL instead of an error, so no body the receiver stores can fail its INSERT.
+-- The payment a stored delivery is about (payment, refund and dispute objects all carry it), found
+-- in the body without parsing it: the value after its first "payment_id" key, if that is a string.
+-- A few string functions, ~3 µs a row: a regex cost 10-100 µs on each of the receiver's INSERTs.
+-- It cannot raise, so no body the receiver stores can fail its INSERT; its result is at most 100
+-- characters, so no body can overflow the index.
 CREATE FUNCTION webhook_payment_id(payload text) RETURNS text
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-    RETURN substring(payload FROM '"payment_id"\s*:\s*"([A-Za-z0-9_-]{1,64})"');
--- An order's or a subscription's deliveries, for their timelines (forged rows are not theirs).
-CREATE INDEX webhook_log_payment_idx ON hyperswitch_webhook_log (webhook_payment_id(payload), id)
-    WHERE signature_valid;
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+DECLARE
+    at integer := strpos(payload, '"payment_id"');
+    tail text;
+BEGIN
+    IF at = 0 THEN
+        RETURN NULL;
+    END IF;
+    tail := substr(payload, at + length('"payment_id"'), 100);  -- : "pay_…", …
+    IF btrim(split_part(tail, '"', 1), E' \t\r\n') <> ':' OR length(tail) - length(replace(tail, '"', '')) < 2 THEN
+        RETURN NULL;  -- not a string value, or one too long to be an id
+    END IF;
+    RETURN nullif(split_part(tail, '"', 2), '');
+END $$;
+-- An order's or a subscription's deliveries, for their timelines. Not partial: the planner reads
+-- the expression's statistics only from a whole-table index (a partial one gets a 0.5 % guess and a
+-- walk of the log in id order).
+CREATE INDEX webhook_log_payment_idx ON hyperswitch_webhook_log (webhook_payment_id(payload), id);
 
 -- The overview's (and `status`'s) results of the last hour: without it, a scan of the whole log. A
 -- row is stored with processed_at NULL, so the receiver's INSERT never touches this index.
