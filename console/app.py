@@ -225,6 +225,12 @@ async def csrf_rejected(request: Request, exc: Exception) -> Response:
     return PlainTextResponse("missing or wrong CSRF token: reload the page and try again", status_code=403)
 
 
+async def too_slow(request: Request, exc: Exception) -> Response:
+    """A page query past the statement timeout: a missing index or an unbounded query, not an outage."""
+    log.error("console: %s took longer than the statement timeout", request.url.path)
+    return PlainTextResponse("this page took too long to read", status_code=500)
+
+
 async def database_unavailable(request: Request, exc: Exception) -> Response:
     log.warning("console: database unavailable: %s", type(exc).__name__)
     return PlainTextResponse("database unavailable", status_code=503)
@@ -423,6 +429,7 @@ def create_app(settings: Settings, pool: ConnectionPool[db.Connection]) -> Starl
         middleware=middleware,
         exception_handlers={
             CsrfRejected: csrf_rejected,
+            psycopg.errors.QueryCanceled: too_slow,
             psycopg.OperationalError: database_unavailable,  # PoolTimeout too
         },
     )
