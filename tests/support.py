@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import argon2
 import dramatiq
 import httpx
 import psycopg
@@ -23,7 +26,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from tests.fake_hyperswitch import webhook_body
-from veza_worker import actors, events, webhooks
+from veza_worker import actors, events, hyperswitch, ledger, webhooks
 from veza_worker.settings import Settings
 
 TEST_REDIS_URL = os.environ["REDIS_URL"]  # set by tests/__init__.py
@@ -210,3 +213,157 @@ def at_once(*calls: Callable[[], None]) -> None:
         thread.start()
     for thread in threads:
         thread.join()
+
+
+# -- the ops console --------------------------------------------------------------------------------
+
+OPS_USER, OPS_PASSWORD = "alice", "correct horse battery staple"
+OPS_OTHER_USER, OPS_OTHER_PASSWORD = "bob", "another long passphrase"
+OPS_SECRET_KEY = "console-test-secret-key-0123456789abcdef"
+_ops_hashes: dict[str, str] = {}
+
+
+def ops_settings(settings: Settings) -> Settings:
+    """`settings` with the console on: two users (argon2 hashes made once per session)."""
+    if not _ops_hashes:
+        hasher = argon2.PasswordHasher()
+        _ops_hashes.update(
+            {OPS_USER: hasher.hash(OPS_PASSWORD), OPS_OTHER_USER: hasher.hash(OPS_OTHER_PASSWORD)}
+        )
+    return dataclasses.replace(settings, ops_users=tuple(_ops_hashes.items()), ops_secret_key=OPS_SECRET_KEY)
+
+
+def csrf_token_in(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found is not None, "no csrf_token field in the page"
+    return found.group(1)
+
+
+def order_paid_refunded_disputed(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """An order of two items (seller A 700, seller B 300) paid, B's item refunded, then A's disputed,
+    one step after the other: the rows, ledger postings (through ledger.post) and stored deliveries
+    each step leaves. Planted rather than applied by the handlers, which post to the ledger only once
+    the ledger integration lands. Returns the ids."""
+    buyer, seller_a, seller_b = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    payment_id = hyperswitch.merchant_id("pay", uuid.uuid4())
+    order_id = make_order(conn, [(seller_a, 700), (seller_b, 300)], buyer_id=buyer, payment_id=payment_id)
+    items = {
+        r["seller_id"]: r["id"]
+        for r in rows(conn, "SELECT id, seller_id FROM order_items WHERE order_id = %s", order_id)
+    }
+    payment = {
+        "payment_id": payment_id,
+        "status": "succeeded",
+        "amount": 1000,
+        "currency": "USD",
+        "client_secret": f"{payment_id}_secret_do_not_show",
+    }
+    _delivered(conn, "payment_succeeded", payment)
+    conn.execute(
+        "UPDATE orders SET status = 'completed', completed_at = now(), payment_created_at = created_at,"
+        " refund_deadline = now() + interval '14 days' WHERE id = %s",
+        [order_id],
+    )
+    conn.execute(
+        "INSERT INTO licenses (order_id, order_item_id, buyer_id, track_id)"
+        " SELECT order_id, id, %s, track_id FROM order_items WHERE order_id = %s",
+        [buyer, order_id],
+    )
+    conn.execute(
+        "INSERT INTO seller_transfers (order_id, seller_id, amount, currency)"
+        " SELECT order_id, seller_id, amount, 'USD' FROM order_items WHERE order_id = %s",
+        [order_id],
+    )
+    _post(conn, ledger.order_paid(order_id, "USD", 1000, {seller_a: 700, seller_b: 300}))
+
+    refund_id = uuid.uuid4()
+    psp_refund_id = hyperswitch.merchant_id("ref", refund_id)
+    conn.execute(
+        "INSERT INTO refunds (id, order_id, requested_by, amount, currency, hyperswitch_refund_id, status,"
+        " submitted_at) VALUES (%s, %s, %s, 300, 'USD', %s, 'pending', now())",
+        [refund_id, order_id, buyer, psp_refund_id],
+    )
+    conn.execute(
+        "INSERT INTO refund_items (refund_id, order_item_id) VALUES (%s, %s)", [refund_id, items[seller_b]]
+    )
+    _delivered(
+        conn,
+        "refund_succeeded",
+        {
+            "refund_id": psp_refund_id,
+            "payment_id": payment_id,
+            "amount": 300,
+            "currency": "USD",
+            "status": "succeeded",
+        },
+    )
+    conn.execute("UPDATE refunds SET status = 'succeeded', succeeded_at = now() WHERE id = %s", [refund_id])
+    conn.execute("UPDATE orders SET refunded_amount = 300 WHERE id = %s", [order_id])
+    conn.execute("UPDATE licenses SET revoked_at = now() WHERE order_item_id = %s", [items[seller_b]])
+    conn.execute("UPDATE seller_transfers SET status = 'reversed' WHERE seller_id = %s", [seller_b])
+    _post(
+        conn,
+        ledger.refund_succeeded(
+            refund_id,
+            "USD",
+            300,
+            from_sellers={ledger.seller(seller_b, ledger.Bucket.HELD): 300},
+            order_id=order_id,
+        ),
+    )
+
+    dispute_id = f"dp_{uuid.uuid4().hex[:20]}"
+    _delivered(
+        conn,
+        "dispute_opened",
+        {
+            "dispute_id": dispute_id,
+            "payment_id": payment_id,
+            "amount": "700",
+            "currency": "USD",
+            "dispute_status": "dispute_opened",
+        },
+    )
+    conn.execute(
+        "INSERT INTO disputes (id, payment_id, order_id, amount, currency, stage, status, reason,"
+        " challenge_required_by, held) VALUES (%s, %s, %s, 700, 'USD', 'dispute', 'dispute_opened',"
+        " 'product_not_received', now() + interval '6 days 5 hours', true)",
+        [dispute_id, payment_id, order_id],
+    )
+    conn.execute("UPDATE orders SET status = 'disputed' WHERE id = %s", [order_id])
+    conn.execute("UPDATE seller_transfers SET status = 'on_hold' WHERE seller_id = %s", [seller_a])
+    _post(
+        conn,
+        ledger.dispute_opened(
+            dispute_id,
+            "USD",
+            700,
+            from_sellers={ledger.seller(seller_a, ledger.Bucket.HELD): 700},
+            order_id=order_id,
+        ),
+    )
+    return {
+        "order_id": order_id,
+        "payment_id": payment_id,
+        "buyer_id": buyer,
+        "seller_a": seller_a,
+        "seller_b": seller_b,
+        "refund_id": refund_id,
+        "hyperswitch_refund_id": psp_refund_id,
+        "dispute_id": dispute_id,
+    }
+
+
+def _delivered(conn: psycopg.Connection[Any], event_type: str, obj: dict[str, Any]) -> int:
+    """A stored delivery, already applied."""
+    log_id = store(conn, webhook_body(event_type, obj))
+    conn.execute(
+        "UPDATE hyperswitch_webhook_log SET processing_result = 'ok', processed_at = now() WHERE id = %s",
+        [log_id],
+    )
+    return log_id
+
+
+def _post(conn: psycopg.Connection[Any], posting: ledger.Posting) -> None:
+    with conn.transaction():
+        assert ledger.post(conn, posting)
