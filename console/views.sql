@@ -3,17 +3,19 @@
 
 -- last_audit_run --
 -- The ledger audit sweep's last run, finished or not, failed or not (sweep_runs_started_idx is
--- by time, so a per-name probe: sweep_runs is kept 30 days, a few thousand rows).
-SELECT started_at, finished_at, counts, error
+-- by time, so a per-name probe: sweep_runs is kept 30 days, a few thousand rows). Its counts are
+-- audit.run's result: `violations` is the list of what it found.
+SELECT started_at, finished_at, error, jsonb_array_length(counts -> 'violations') AS violations
   FROM sweep_runs
  WHERE name = 'audit'
  ORDER BY started_at DESC
  LIMIT 1;
 
 -- inbox --
--- What waits for a person, oldest first: open discrepancies, deliveries that ended in error,
--- automatic refunds the PSP refused, rows the reconciler gave up on. Each branch walks its partial
--- index; `kind` ('' = all) keeps the others from running at all.
+-- What waits for a person, oldest first (what ops.sql's needs_a_human counts): open discrepancies
+-- (a failed automatic refund is one, automatic_refund_failed), deliveries that ended in error,
+-- rows the reconciler gave up on. Each branch walks its partial index; `kind` ('' = all) keeps the
+-- others from running at all.
 SELECT kind, id, since, title, detail, order_id, invoice_id, refund_id, dispute_id, payment_id,
        object_id, amount, currency
   FROM ((SELECT 'discrepancy' AS kind, id::text AS id, created_at AS since, kind AS title, detail,
@@ -29,12 +31,6 @@ SELECT kind, id, since, title, detail, order_id, invoice_id, refund_id, dispute_
           WHERE processing_result LIKE 'error%%' AND %(kind)s IN ('', 'delivery')
           ORDER BY received_at LIMIT %(limit)s)
         UNION ALL
-        (SELECT 'refund', id::text, failed_at, 'automatic refund failed', coalesce(error_message, ''),
-                order_id, invoice_id, id, NULL, NULL, NULL, amount, currency
-           FROM refunds
-          WHERE automatic AND status = 'failed' AND %(kind)s IN ('', 'refund')
-          ORDER BY failed_at LIMIT %(limit)s)
-        UNION ALL
         (SELECT 'reconcile', kind || ':' || row_id, first_checked_at,
                 CASE WHEN gave_up_at IS NOT NULL THEN 'reconciler gave up' ELSE 'reconciler still waiting' END,
                 kind || ' still ' || coalesce(last_psp_status, '?') || ' after ' || checks || ' checks',
@@ -49,7 +45,6 @@ SELECT kind, id, since, title, detail, order_id, invoice_id, refund_id, dispute_
 -- How many of each kind wait (the same partial indexes).
 SELECT (SELECT count(*) FROM discrepancies WHERE resolved_at IS NULL) AS discrepancy,
        (SELECT count(*) FROM hyperswitch_webhook_log WHERE processing_result LIKE 'error%%') AS delivery,
-       (SELECT count(*) FROM refunds WHERE automatic AND status = 'failed') AS refund,
        (SELECT count(*) FROM reconcile_state WHERE gave_up_at IS NOT NULL OR checks >= 5) AS reconcile;
 
 -- order --
