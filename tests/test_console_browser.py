@@ -18,6 +18,8 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from receiver.app import create_app
+from tests.factories import paid_refunded_disputed
+from tests.fake_hyperswitch import FakeHyperswitch
 from tests.support import (
     OPS_PASSWORD,
     OPS_USER,
@@ -25,12 +27,11 @@ from tests.support import (
     envelope,
     make_order,
     ops_settings,
-    order_paid_refunded_disputed,
     row,
     rows,
     store,
 )
-from veza_worker import discrepancies
+from veza_worker import discrepancies, hyperswitch, sweeps
 from veza_worker.settings import Settings
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -97,11 +98,11 @@ def plant_inbox(conn: psycopg.Connection[Any]) -> int:
         " event_type = 'payment_succeeded', received_at = now() - interval '2 hours' WHERE id = %s",
         [log_id],
     )
-    for sweep in ("redrive", "retention", "trial_end", "renew", "reconcile"):
-        conn.execute("INSERT INTO sweep_runs (name, finished_at, counts) VALUES (%s, now(), '{}')", [sweep])
-    conn.execute(
-        "INSERT INTO sweep_runs (name, finished_at, counts) VALUES ('audit', now(), '{\"violations\": 0}')"
-    )
+    for sweep in sweeps.SWEEPS:  # each ran just now; the audit found nothing
+        counts = '{"ok": true, "violations": []}' if sweep.name == "audit" else "{}"
+        conn.execute(
+            "INSERT INTO sweep_runs (name, finished_at, counts) VALUES (%s, now(), %s)", [sweep.name, counts]
+        )
     return int(row(conn, "SELECT id FROM discrepancies WHERE order_id = %s", order_id)["id"])
 
 
@@ -152,9 +153,12 @@ def test_an_order_page_shows_its_payment_partial_refund_and_dispute_in_order(
     page: Page,
     console: str,
     conn: psycopg.Connection[Any],
+    settings: Settings,
+    fake: FakeHyperswitch,
+    client: hyperswitch.Client,
     shots: Path,
 ) -> None:
-    ids = order_paid_refunded_disputed(conn)
+    ids = paid_refunded_disputed(conn, settings, fake, client)  # each step applied by its handler
     log_in(page, console)
 
     page.get_by_role("searchbox", name="search by id").fill(str(ids["hyperswitch_refund_id"]))
@@ -165,8 +169,8 @@ def test_an_order_page_shows_its_payment_partial_refund_and_dispute_in_order(
     wanted = ["payment succeeded: order completed", "refund requested", "refund succeeded", "dispute opened"]
     found = [next(i for i, text in enumerate(steps) if text == step) for step in wanted]
     assert found == sorted(found), steps
-    expect(page.locator(f"#refund-{ids['refund_id']}")).to_contain_text("3.00 USD")
-    expect(page.locator(f"[id='dispute-{ids['dispute_id']}']")).to_contain_text("7.00 USD")
+    expect(page.locator(f"#refund-{ids['refund_id']}")).to_contain_text("2.00 USD")
+    expect(page.locator(f"[id='dispute-{ids['dispute_id']}']")).to_contain_text("8.00 USD")
     page.screenshot(path=shots / "order.png", full_page=True)
 
     page.get_by_role("link", name=str(ids["seller_a"])).first.click()
