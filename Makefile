@@ -1,5 +1,5 @@
 # make run   — install, migrate, and run web + worker + clock against the local Postgres and Redis
-# make test  — install and run the test suite (real Postgres and Redis; installs pgbouncer)
+# make test  — install and run the test suite (real Postgres and Redis; installs pgbouncer and chromium)
 # make check — alert rules (installs promtool), format check, lint, types, then the tests (what CI runs)
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +10,7 @@ PYTHON ?= python3
 debian = command -v $(1) >/dev/null || [ -x /usr/sbin/$(1) ] || (apt-get update -qq && \
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2) >/dev/null)
 
-.PHONY: install services run test lint check bench bench-audit bench-renew bench-sweeps bench-worker
+.PHONY: install services run test lint check bench bench-audit bench-console bench-renew bench-sweeps bench-worker
 
 install: $(VENV)/.installed
 
@@ -28,9 +28,11 @@ run: install services
 	HYPERSWITCH_WEBHOOK_SECRET="$${HYPERSWITCH_WEBHOOK_SECRET:-dev_webhook_secret}" \
 	$(BIN)/honcho start -f Procfile -p "$${PORT:-8000}" web worker clock
 
-# pgbouncer: tests/test_pgbouncer.py runs the receiver, a worker and migrate through it.
+# pgbouncer: tests/test_pgbouncer.py runs the receiver, a worker and migrate through it; chromium:
+# the console's browser tests drive it through Playwright (nothing is downloaded at run time).
 test: install services
 	$(call debian,pgbouncer,pgbouncer)
+	$(call debian,chromium,chromium)
 	$(BIN)/pytest
 
 # promtool (Debian's prometheus package) checks the alert rules ops/ ships.
@@ -46,6 +48,9 @@ check: lint test
 bench: install services
 	$(call debian,wrk,wrk)
 	$(BIN)/python bench/receiver
+
+bench-console: install services
+	$(BIN)/python bench/console
 
 bench-renew: install services
 	$(BIN)/python bench/renew

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+import console.app
 from veza_worker import actors, db, errors, logs, metrics, ops, webhooks
 from veza_worker.broker import AsyncEnqueuer, make_broker
 from veza_worker.settings import Settings
@@ -284,6 +285,22 @@ async def _redis_ready(state: State) -> str:
     return "ok"
 
 
+@contextlib.asynccontextmanager
+async def ops_console(app: Starlette, config: Settings) -> AsyncIterator[None]:
+    """The ops console at /ops, after the receiver's own routes, only when OPS_USERS is set: without
+    it /ops is 404. Its middleware wraps the console alone, never the webhook route."""
+    if not config.ops_users:
+        yield
+        return
+    async with console.app.mounted(config) as mount:
+        app.router.routes.append(mount)
+        log.info("ops console at /ops: %d user(s)", len(config.ops_users))
+        try:
+            yield
+        finally:
+            app.router.routes.remove(mount)
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """The receiver; settings come from the environment at start-up unless given."""
 
@@ -292,6 +309,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         config = settings or Settings.from_env()
         if not config.webhook_secrets:
             raise errors.ConfigError("HYPERSWITCH_WEBHOOK_SECRET is required by the receiver")
+        config.check_ops()
         logs.configure(config.log_format)
         metrics.use_web_directory()
         if config.metrics_token is None:
@@ -315,7 +333,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.receiver = State(config, pool, broker, limiter, GaugeCache(), enqueuer, group_commit)
         log.info("receiver ready: %d webhook secret(s)", len(config.webhook_secrets))
         try:
-            async with anyio.create_task_group() as writers:
+            async with ops_console(app, config), anyio.create_task_group() as writers:
                 writers.start_soon(group_commit.run)
                 yield
                 writers.cancel_scope.cancel()

@@ -17,7 +17,7 @@ import psycopg
 
 from tests.fake_hyperswitch import FakeHyperswitch, dispute, settle_payment, settle_refund
 from tests.support import PSP_API_KEY, make_order, process, row, rows, store_event
-from veza_worker import audit, hyperswitch, ledger
+from veza_worker import audit, hyperswitch, ledger, refunds
 from veza_worker.settings import Settings
 
 BUYER = uuid.UUID(int=0xB0B)
@@ -57,6 +57,31 @@ def three_items(conn: psycopg.Connection[Any], settings: Settings, fake: FakeHyp
     settle_payment(fake, payment_id, "succeeded")
     assert process(settings, store_event(conn, "payment_succeeded", fake.payments[payment_id])) == "ok"
     return order_id
+
+
+def paid_refunded_disputed(
+    conn: psycopg.Connection[Any], settings: Settings, fake: FakeHyperswitch, client: hyperswitch.Client
+) -> dict[str, Any]:
+    """`three_items`, then seller B's item refunded (the PSP settles it), then the rest, seller A's
+    two items, disputed (800): each step applied by its handler, one after the other. The ids."""
+    order_id = three_items(conn, settings, fake)
+    b200 = row(conn, "SELECT id FROM order_items WHERE order_id = %s AND seller_id = %s", order_id, SELLER_B)[
+        "id"
+    ]
+    out = refunds.request(conn, client, order_id, BUYER, items=[b200], refund_window=REFUND_WINDOW)
+    psp_settles(conn, settings, fake, out)
+    opened = dispute(fake, payment_of(conn, order_id), "dispute_opened", amount="800")
+    assert deliver(conn, settings, opened) == "ok"
+    return {
+        "order_id": order_id,
+        "payment_id": payment_of(conn, order_id),
+        "buyer_id": BUYER,
+        "seller_a": SELLER_A,
+        "seller_b": SELLER_B,
+        "refund_id": uuid.UUID(out["refund_id"]),
+        "hyperswitch_refund_id": out["hyperswitch_refund_id"],
+        "dispute_id": opened["dispute_id"],
+    }
 
 
 def psp_settles(

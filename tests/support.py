@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import argon2
 import dramatiq
 import httpx
 import psycopg
@@ -210,3 +213,27 @@ def at_once(*calls: Callable[[], None]) -> None:
         thread.start()
     for thread in threads:
         thread.join()
+
+
+# -- the ops console --------------------------------------------------------------------------------
+
+OPS_USER, OPS_PASSWORD = "alice", "correct horse battery staple"
+OPS_OTHER_USER, OPS_OTHER_PASSWORD = "bob", "another long passphrase"
+OPS_SECRET_KEY = "console-test-secret-key-0123456789abcdef"
+_ops_hashes: dict[str, str] = {}
+
+
+def ops_settings(settings: Settings) -> Settings:
+    """`settings` with the console on: two users (argon2 hashes made once per session)."""
+    if not _ops_hashes:
+        hasher = argon2.PasswordHasher()
+        _ops_hashes.update(
+            {OPS_USER: hasher.hash(OPS_PASSWORD), OPS_OTHER_USER: hasher.hash(OPS_OTHER_PASSWORD)}
+        )
+    return dataclasses.replace(settings, ops_users=tuple(_ops_hashes.items()), ops_secret_key=OPS_SECRET_KEY)
+
+
+def csrf_token_in(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found is not None, "no csrf_token field in the page"
+    return found.group(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import sys
@@ -11,6 +12,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+import argon2
 import psycopg
 
 from veza_worker import (
@@ -140,6 +142,23 @@ def cmd_seller_statement(args: argparse.Namespace, settings: Settings) -> Any:
         return ledger.statement(conn, args.seller_id, currency=args.currency, limit=args.limit)
 
 
+class RawOutput(str):
+    """A result printed as it is, not as JSON: a hash goes straight into `OPS_USERS=name:$(...)`."""
+
+
+def cmd_hash_password(args: argparse.Namespace, settings: Settings) -> Any:
+    """An argon2 hash of a password read from stdin (first line) or, on a terminal, typed twice."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise errors.DomainError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    if not password:
+        raise errors.DomainError("empty password")
+    return RawOutput(argon2.PasswordHasher().hash(password))
+
+
 def _uuid(value: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
@@ -234,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     statement.add_argument("seller_id", metavar="SELLER_ID", type=_uuid)
     statement.add_argument("--currency", metavar="C", type=_currency)
     statement.add_argument("--limit", metavar="N", type=_positive, default=100)
+    add(
+        "hash-password",
+        cmd_hash_password,
+        "print an argon2 hash for OPS_USERS (password from stdin, or typed twice on a terminal)",
+    )
     return parser
 
 
@@ -264,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"veza-worker {args.command}: database unavailable: {' '.join(str(exc).split())}", file=sys.stderr
         )
         return 1
-    print(_json(result))
+    print(result if isinstance(result, RawOutput) else _json(result))
     return 0
 
 

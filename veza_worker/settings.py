@@ -19,6 +19,11 @@ _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+# name:$argon2id$v=19$m=65536,t=3,p=4$<salt>$<hash> (argon2's PHC string; its parameters hold commas)
+_OPS_USER = re.compile(
+    r"^([A-Za-z0-9_.@-]{1,64}):(\$argon2(?:id|i|d)\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+)$"
+)
+MIN_OPS_SECRET_KEY_CHARS = 32
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,8 @@ class Settings:
     invalid_signature_rows_per_minute: int = 600
     log_format: str = "text"
     metrics_token: str | None = field(default=None, repr=False)
+    ops_users: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (name, argon2 hash)
+    ops_secret_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -76,8 +83,11 @@ class Settings:
             invalid_signature_rows_per_minute=reader.positive_int("INVALID_SIGNATURE_ROWS_PER_MINUTE", 600),
             log_format=reader.choice("LOG_FORMAT", ("text", "json"), "text"),
             metrics_token=reader.optional("METRICS_TOKEN"),
+            ops_users=reader.ops_users("OPS_USERS"),
+            ops_secret_key=reader.optional("OPS_SECRET_KEY"),
         )
         settings.check_hyperswitch()
+        settings.check_ops()
         return settings
 
     @property
@@ -92,6 +102,18 @@ class Settings:
         for name, value in required.items():
             if not value:
                 raise errors.ConfigError(f"{name} is required when HYPERSWITCH_ENABLED=true")
+
+    def check_ops(self) -> None:
+        """OPS_USERS turns the console on; its session cookie must then be signed with a real key."""
+        if not self.ops_users:
+            return
+        if not self.ops_secret_key:
+            raise errors.ConfigError("OPS_SECRET_KEY is required when OPS_USERS is set")
+        if len(self.ops_secret_key) < MIN_OPS_SECRET_KEY_CHARS:
+            raise errors.ConfigError(
+                f"OPS_SECRET_KEY must be at least {MIN_OPS_SECRET_KEY_CHARS} characters"
+                " (python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
 
 
 def parse_duration(value: str) -> timedelta:
@@ -157,3 +179,18 @@ class _Reader:
     def secrets(self, name: str) -> tuple[str, ...]:
         """A comma-separated list (rotation); empty items are dropped, never used as a key."""
         return tuple(part.strip() for part in self._env.get(name, "").split(",") if part.strip())
+
+    def ops_users(self, name: str) -> tuple[tuple[str, str], ...]:
+        """`name:<argon2 hash>` entries separated by whitespace (a hash holds commas, never spaces)."""
+        users: dict[str, str] = {}
+        for entry in self._env.get(name, "").split():
+            match = _OPS_USER.match(entry)
+            if match is None:
+                shown = entry.partition(":")[0][:64]  # the user's name only: never a hash in a log line
+                raise errors.ConfigError(
+                    f"{name}: entry for {shown!r} is not name:<argon2 hash> (veza-worker hash-password)"
+                )
+            if match.group(1) in users:
+                raise errors.ConfigError(f"{name}: user {match.group(1)!r} is listed twice")
+            users[match.group(1)] = match.group(2)
+        return tuple(users.items())

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-CHECKED = ("veza_worker", "receiver", "bench")
+CHECKED = ("veza_worker", "receiver", "console", "bench")
 REACH_IN = re.compile(r"\b(\w+)\.QUERIES\[")
 IMPORTED = re.compile(r"^\s*from\s+\S+\s+import\s.*\bQUERIES\b")
 

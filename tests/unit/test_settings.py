@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import argon2
 import pytest
 
 from veza_worker import errors
@@ -75,3 +76,32 @@ def test_secrets_never_appear_in_the_settings_repr() -> None:
     )
     text = repr(settings)
     assert "snd_api_key_value" not in text and "whsec_value" not in text and "db_password" not in text
+
+
+# -- the ops console's users -------------------------------------------------------------------------
+
+OPS_SECRET_KEY = "console-test-secret-key-0123456789abcdef"
+
+
+def hash_of(password: str) -> str:
+    return argon2.PasswordHasher().hash(password)
+
+
+def test_ops_users_are_whitespace_separated_and_need_a_secret_key() -> None:
+    alice, bob = hash_of("a"), hash_of("b")
+    assert "," in alice  # why entries cannot be comma-separated
+    settings = Settings.from_env(
+        {"OPS_USERS": f"alice:{alice}\n  bob:{bob} ", "OPS_SECRET_KEY": OPS_SECRET_KEY}
+    )
+    assert settings.ops_users == (("alice", alice), ("bob", bob))
+    assert alice not in repr(settings) and OPS_SECRET_KEY not in repr(settings)
+
+    with pytest.raises(errors.ConfigError, match=r"^OPS_SECRET_KEY"):
+        Settings.from_env({"OPS_USERS": f"alice:{alice}"})
+    with pytest.raises(errors.ConfigError, match=r"^OPS_SECRET_KEY"):
+        Settings.from_env({"OPS_USERS": f"alice:{alice}", "OPS_SECRET_KEY": "short"})
+    for bad in ("alice", "alice:plaintext", f"alice:{alice},bob:{bob}", f"alice:{alice} alice:{bob}"):
+        with pytest.raises(errors.ConfigError, match=r"^OPS_USERS") as raised:
+            Settings.from_env({"OPS_USERS": bad, "OPS_SECRET_KEY": OPS_SECRET_KEY})
+        assert "$argon2" not in str(raised.value)
+    assert Settings.from_env({}).ops_users == ()
