@@ -46,6 +46,10 @@ class Settings:
     invalid_signature_rows_per_minute: int = 600
     log_format: str = "text"
     metrics_token: str | None = field(default=None, repr=False)
+    payouts_enabled: bool = False
+    payout_interval: timedelta = timedelta(days=1)
+    payout_minimum: int = 1000
+    reconcile_payout_stuck_after: timedelta = timedelta(minutes=30)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -76,6 +80,10 @@ class Settings:
             invalid_signature_rows_per_minute=reader.positive_int("INVALID_SIGNATURE_ROWS_PER_MINUTE", 600),
             log_format=reader.choice("LOG_FORMAT", ("text", "json"), "text"),
             metrics_token=reader.optional("METRICS_TOKEN"),
+            payouts_enabled=reader.boolean("PAYOUTS_ENABLED", False),
+            payout_interval=reader.duration("PAYOUT_INTERVAL", "1d"),
+            payout_minimum=reader.positive_int("PAYOUT_MINIMUM", 1000),
+            reconcile_payout_stuck_after=reader.duration("RECONCILE_PAYOUT_STUCK_AFTER", "30m"),
         )
         settings.check_hyperswitch()
         return settings
