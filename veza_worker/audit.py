@@ -16,7 +16,7 @@ from veza_worker import db
 log = logging.getLogger(__name__)
 QUERIES = db.load_queries(__name__)
 
-CHECKS = ("balanced", "read_model", "movements", "licenses", "suspense", "unallocated")
+CHECKS = ("balanced", "read_model", "movements", "in_transit", "licenses", "suspense", "unallocated")
 LIMIT_PER_CHECK = 100
 
 

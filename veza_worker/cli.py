@@ -21,6 +21,7 @@ from veza_worker import (
     logs,
     ops,
     orders,
+    payouts,
     refunds,
     sweeps,
     webhooks,
@@ -119,11 +120,38 @@ def cmd_resume_subscription(args: argparse.Namespace, settings: Settings) -> Any
         return commands.resume(conn, args.subscription_id)
 
 
+def cmd_payouts(args: argparse.Namespace, settings: Settings) -> Any:
+    with db.connect(settings.database_url) as conn:
+        return payouts.listing(conn, seller_id=args.seller, status=args.status, limit=args.limit)
+
+
+def cmd_hold_payouts(args: argparse.Namespace, settings: Settings) -> Any:
+    with db.connect(settings.database_url) as conn:
+        return payouts.hold(conn, args.seller_id, args.reason)
+
+
+def cmd_release_payouts(args: argparse.Namespace, settings: Settings) -> Any:
+    with db.connect(settings.database_url) as conn:
+        return payouts.release(conn, args.seller_id)
+
+
 def _uuid(value: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a UUID: {value!r}") from None
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) == 0:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {value!r}")
+    return int(value)
+
+
+def _reason(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("a reason is required")
+    return value
 
 
 def _note(value: str) -> str:
@@ -187,6 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--now", action="store_true", help="end access now; a pending payment is cancelled")
     resume = add("resume-subscription", cmd_resume_subscription, "undo a cancel at period end")
     resume.add_argument("subscription_id", metavar="SUBSCRIPTION_ID", type=_uuid)
+    listed_payouts = add("payouts", cmd_payouts, "the payouts, newest first (JSON array)")
+    listed_payouts.add_argument("--seller", metavar="SELLER_ID", type=_uuid)
+    listed_payouts.add_argument("--status", choices=list(payouts.Status))
+    listed_payouts.add_argument("--limit", metavar="N", type=_positive, default=100)
+    held = add("hold-payouts", cmd_hold_payouts, "pay a seller under review nothing until released")
+    held.add_argument("seller_id", metavar="SELLER_ID", type=_uuid)
+    held.add_argument("--reason", required=True, type=_reason, help="why (kept, shown in status)")
+    released = add("release-payouts", cmd_release_payouts, "lift a seller's payout hold")
+    released.add_argument("seller_id", metavar="SELLER_ID", type=_uuid)
     return parser
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from veza_worker import automatic_refunds, db, errors, hyperswitch, reconcile, retention, webhooks
+from veza_worker import automatic_refunds, db, errors, hyperswitch, payouts, reconcile, retention, webhooks
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import billing
 
@@ -109,6 +109,10 @@ def _automatic_refunds(context: Context) -> dict[str, Any]:
     return automatic_refunds.send_unsent(context.conn, context.client)
 
 
+def _pay_sellers(context: Context) -> dict[str, Any]:
+    return payouts.pay_sellers(context.conn, context.psp, context.settings)
+
+
 SWEEPS: tuple[Sweep, ...] = (
     Sweep(
         "reconcile",
@@ -164,6 +168,18 @@ SWEEPS: tuple[Sweep, ...] = (
         help="send the automatic refunds not sent yet (the outbox's fallback); prints counts",
         run=_automatic_refunds,
         every=timedelta(minutes=1),
+    ),
+    Sweep(
+        "pay_sellers",
+        command="pay-sellers",
+        actor="pay_sellers",
+        help="one payout sweep now: holds past their refund window released, then one payout per seller"
+        " and currency of the whole available balance; prints counts",
+        run=_pay_sellers,
+        every="payout_interval",
+        enabled_by="payouts_enabled",
+        needs_psp=True,
+        time_limit=timedelta(hours=6),  # 100,000 sellers due at once: one PSP call each
     ),
 )
 
