@@ -237,6 +237,7 @@ def test_every_sweep_records_its_runs_and_status_sees_a_dead_clock(
         "needs_a_human",
         "subscriptions",
         "disputes",
+        "payouts",
         "clock_started_at",
         "sweeps",
     }
