@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Mapping
 from functools import cache
 from multiprocessing import parent_process
@@ -18,8 +19,18 @@ from typing import Any
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-@cache
+_BUILDING = threading.Lock()
+
+
 def _collectors() -> dict[str, Any]:
+    """Built once, under a lock: threads (a worker's, the payout sweep's lanes) may record their
+    first metric at the same moment, and a second registration would raise."""
+    with _BUILDING:
+        return _build()
+
+
+@cache
+def _build() -> dict[str, Any]:
     import prometheus_client as prom
 
     return {
