@@ -601,6 +601,26 @@ def test_a_payout_that_never_reached_the_psp_is_sent_by_the_reconciler_once(
     audit_ok(conn)
 
 
+def test_a_psp_outage_stops_the_sweep_after_three_ambiguous_creates(
+    conn: psycopg.Connection[Any], fake: FakeHyperswitch, pay: Any
+) -> None:
+    sellers = [uuid.uuid4() for _ in range(6)]
+    for seller_id in sellers:
+        payout_method(conn, fake, seller_id)
+    paid_order(conn, [(seller_id, 1000) for seller_id in sellers], days_ago=20)
+    for _ in range(6):
+        fake.fail_next("POST /payouts/create", Failure(503, "HE_00", "down"))
+
+    with pytest.raises(errors.PaymentProviderUnavailable) as raised:
+        pay()
+
+    assert raised.value.output is not None
+    assert (raised.value.output["created"], raised.value.output["ambiguous"]) == (3, 3)
+    assert len(rows(conn, "SELECT 1 FROM payouts WHERE status = 'pending' AND submitted_at IS NULL")) == 3
+    assert sum(balances(conn, s)["available"] for s in sellers) == 3000  # the others wait, untouched
+    audit_ok(conn)
+
+
 def test_the_canary_keeps_a_misconfigured_psp_from_getting_a_second_payout(
     conn: psycopg.Connection[Any], fake: FakeHyperswitch, psp_settings: Settings, pay: Any, client: Any
 ) -> None:

@@ -20,17 +20,21 @@ seller's balance (the posting), then transfers.
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import logging
 import re
+import threading
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 import psycopg
+from psycopg import pq
 from psycopg.rows import dict_row
 
 from veza_worker import db, discrepancies, errors, events, hyperswitch, ledger, metrics
@@ -40,6 +44,7 @@ log = logging.getLogger(__name__)
 QUERIES = db.load_queries(__name__)
 
 PAGE = 500  # orders or sellers read per query; each is then claimed in its own transaction
+LANES = 8  # payouts created and sent at once, each lane on its own connection
 STOP_AFTER_UNAVAILABLE = 3  # ambiguous creates in a row: the PSP is down, the sweep stops
 UNAVAILABLE = "payment provider unavailable, will be reconciled"
 _ZERO = uuid.UUID(int=0)
@@ -158,6 +163,7 @@ def release_holds(conn: db.Connection) -> int:
 
 def _release_hold(conn: db.Connection, order_id: uuid.UUID) -> int:
     with conn.transaction():
+        _no_commit_wait(conn)  # lost in a crash: released again by the next sweep
         row = conn.execute(QUERIES["lock_due_hold"], {"order_id": order_id}).fetchone()
         if row is None:  # busy, or no longer due: the next sweep looks again
             return 0
@@ -175,9 +181,20 @@ def pay_sellers(conn: db.Connection, client: hyperswitch.Client, settings: Setti
     whose whole available balance reaches PAYOUT_MINIMUM (a payout method, no payout in flight,
     no hold). Exit 1 (the counts still printed) when the PSP was unavailable or refused our key:
     those payouts stay pending for the reconciler."""
-    counts: Counter[str] = Counter(dict.fromkeys(COUNTS, 0))
-    counts["holds_released"] = release_holds(conn)
-    _pay_due(conn, client, settings.payout_minimum, counts)
+    run = _Run(client, settings.payout_minimum)
+    run.counts["holds_released"] = release_holds(conn)
+    due = _due(conn, settings.payout_minimum)
+    for seller_id, currency in due:  # one at a time until the PSP has answered one for sure
+        run.pay(conn, seller_id, currency)
+        if run.stopped or run.answered:
+            break
+    if run.answered and not run.stopped:
+        with _Lanes(settings.database_url) as lanes:
+            for seller_id, currency in due:
+                if run.stopped:
+                    break
+                lanes.submit(functools.partial(run.pay, seller_id=seller_id, currency=currency))
+    counts = run.counts
     with conn.transaction():
         row = conn.execute(QUERIES["blocked"], {"minimum": settings.payout_minimum}).fetchone()
     assert row is not None  # aggregates
@@ -188,46 +205,109 @@ def pay_sellers(conn: db.Connection, client: hyperswitch.Client, settings: Setti
     return dict(counts)
 
 
-def _pay_due(conn: db.Connection, client: hyperswitch.Client, minimum: int, counts: Counter[str]) -> None:
+def _due(conn: db.Connection, minimum: int) -> Iterator[tuple[uuid.UUID, str]]:
+    """The (seller, currency) pairs to pay, a page at a time (no transaction held between pages)."""
     after: tuple[uuid.UUID, str] = (_ZERO, "")
-    unavailable = 0
     while True:
         params = {"minimum": minimum, "after_seller": after[0], "after_currency": after[1], "limit": PAGE}
         with conn.transaction():
             page = conn.execute(QUERIES["due_sellers"], params).fetchall()
         for seller_id, currency in page:
             after = (seller_id, currency)
-            payout = _create_or_skip(conn, seller_id, currency, minimum, counts)
-            if payout is None:
-                continue
-            outcome = send(conn, client, payout)
-            counts[outcome] += 1
-            if outcome == "unauthorized":
-                return  # every create would be refused the same: the reconciler settles this one
-            unavailable = unavailable + 1 if outcome == "ambiguous" else 0
-            if unavailable >= STOP_AFTER_UNAVAILABLE:
-                log.warning("pay-sellers stopped early: %d ambiguous creates in a row", unavailable)
-                return
+            yield seller_id, currency
         if len(page) < PAGE:
             return
 
 
+class _Run:
+    """One sweep's payouts, possibly paid from several lanes at once: its counts and when it stops
+    (the PSP refused our key, or gave 3 ambiguous answers in a row)."""
+
+    def __init__(self, client: hyperswitch.Client, minimum: int) -> None:
+        self.client = client
+        self.minimum = minimum
+        self.counts: Counter[str] = Counter(dict.fromkeys(COUNTS, 0))
+        self.answered = False  # the PSP gave a definitive answer: it can take several at once
+        self.stopped = False
+        self._unavailable = 0
+        self._lock = threading.Lock()
+
+    def pay(self, conn: db.Connection, seller_id: uuid.UUID, currency: str) -> None:
+        if self.stopped:
+            return
+        payout, outcome = _create_or_skip(conn, seller_id, currency, self.minimum)
+        sent = send(conn, self.client, payout) if payout is not None else None
+        with self._lock:
+            self.counts[outcome] += 1
+            if sent is not None:
+                self._count_answer(sent)
+
+    def _count_answer(self, sent: str) -> None:
+        self.counts[sent] += 1
+        self.answered = self.answered or sent in ("submitted", "rejected")
+        self._unavailable = self._unavailable + 1 if sent == "ambiguous" else 0
+        if sent == "unauthorized":
+            self.stopped = True  # every create would be refused the same: the reconciler settles it
+        elif self._unavailable >= STOP_AFTER_UNAVAILABLE and not self.stopped:
+            self.stopped = True
+            log.warning("pay-sellers stopped early: %d ambiguous creates in a row", self._unavailable)
+
+
+class _Lanes:
+    """LANES threads, each with its own connection, paying payouts side by side: a PSP answer
+    takes far longer than our transactions. At most 2 x LANES payouts wait; the first error of
+    our own code is raised when the lanes are closed."""
+
+    def __init__(self, database_url: str) -> None:
+        self._database_url = database_url
+        self._local = threading.local()
+        self._connections: list[db.Connection] = []
+        self._pool = concurrent.futures.ThreadPoolExecutor(LANES, thread_name_prefix="pay-sellers")
+        self._room = threading.BoundedSemaphore(2 * LANES)
+        self._failures: list[BaseException] = []
+
+    def __enter__(self) -> _Lanes:
+        return self
+
+    def submit(self, task: Callable[[db.Connection], None]) -> None:
+        self._room.acquire()
+        future = self._pool.submit(self._run, task)
+        future.add_done_callback(lambda _done: self._room.release())
+
+    def _run(self, task: Callable[[db.Connection], None]) -> None:
+        try:
+            task(self._connection())
+        except BaseException as exc:
+            self._failures.append(exc)
+
+    def _connection(self) -> db.Connection:
+        conn: db.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = db.connect(self._database_url)
+            self._connections.append(conn)
+        return conn
+
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        self._pool.shutdown(wait=True)
+        for conn in self._connections:
+            conn.close()
+        if self._failures and exc_type is None:
+            raise self._failures[0]
+
+
 def _create_or_skip(
-    conn: db.Connection, seller_id: uuid.UUID, currency: str, minimum: int, counts: Counter[str]
-) -> Payout | None:
+    conn: db.Connection, seller_id: uuid.UUID, currency: str, minimum: int
+) -> tuple[Payout | None, str]:
+    """The committed payout and `created`; or None and `skipped` (no longer due once claimed) or
+    `errors` (a lock timeout or deadlock: the next sweep tries again)."""
     try:
         payout = create(conn, seller_id, currency, minimum)
     except psycopg.Error as exc:
         if not db.is_transient(exc) and not isinstance(exc, psycopg.errors.UniqueViolation):
             raise
         log.warning("pay-sellers: seller %s %s skipped this run: %s", seller_id, currency, exc)
-        counts["errors"] += 1
-        return None
-    if payout is None:
-        counts["skipped"] += 1
-        return None
-    counts["created"] += 1
-    return payout
+        return None, "errors"
+    return payout, "created" if payout is not None else "skipped"
 
 
 def create(conn: db.Connection, seller_id: uuid.UUID, currency: str, minimum: int) -> Payout | None:
@@ -288,11 +368,18 @@ def send(conn: db.Connection, client: hyperswitch.Client, payout: Payout) -> str
     except errors.HyperswitchRejected as exc:
         _reject(conn, payout, exc.message or exc.code)
         return "rejected"
+    own = conn.info.transaction_status == pq.TransactionStatus.IDLE  # not inside the reconciler's
     with conn.transaction():
+        if own:
+            _no_commit_wait(conn)  # lost in a crash: the reconciler finds the payout by reference
         locked = lock(conn, payout.id)
         assert locked is not None  # rows are never deleted
         apply(conn, locked, psp_status(answer) or "pending", answer)
     return "submitted"
+
+
+def _no_commit_wait(conn: db.Connection) -> None:
+    conn.execute(QUERIES["no_commit_wait"])
 
 
 def _reject(conn: db.Connection, payout: Payout, message: str) -> None:

@@ -25,6 +25,11 @@ SELECT o.id, o.currency
                     WHERE r.order_id = o.id AND r.status = 'pending' AND NOT r.automatic)
    FOR UPDATE OF o SKIP LOCKED;
 
+-- no_commit_wait --
+-- For this transaction only: its commit does not wait for the WAL flush. Only for writes a crash
+-- may lose safely: the next sweep or the reconciler redoes them (a posting's key makes it once).
+SET LOCAL synchronous_commit = off;
+
 -- mark_hold_released --
 UPDATE orders SET hold_released_at = now(), updated_at = now() WHERE id = %(order_id)s;
 
