@@ -10,7 +10,7 @@ PYTHON ?= python3
 debian = command -v $(1) >/dev/null || [ -x /usr/sbin/$(1) ] || (apt-get update -qq && \
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2) >/dev/null)
 
-.PHONY: install services run test lint check bench bench-renew bench-sweeps bench-worker
+.PHONY: install services run test lint check bench bench-renew bench-sweeps bench-worker bench-payouts
 
 install: $(VENV)/.installed
 
@@ -56,3 +56,6 @@ bench-sweeps: install services
 
 bench-worker: install services
 	$(BIN)/python bench/worker
+
+bench-payouts: install services
+	$(BIN)/python bench/payouts
