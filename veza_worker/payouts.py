@@ -183,7 +183,8 @@ def pay_sellers(conn: db.Connection, client: hyperswitch.Client, settings: Setti
     those payouts stay pending for the reconciler."""
     run = _Run(client, settings.payout_minimum)
     run.counts["holds_released"] = release_holds(conn)
-    due = _due(conn, settings.payout_minimum)
+    unpaid: dict[str, set[uuid.UUID]] = {"no_payout_method": set(), "held": set()}
+    due = _due(conn, settings.payout_minimum, unpaid)
     for seller_id, currency in due:  # one at a time until the PSP has answered one for sure
         run.pay(conn, seller_id, currency)
         if run.stopped or run.answered:
@@ -194,27 +195,34 @@ def pay_sellers(conn: db.Connection, client: hyperswitch.Client, settings: Setti
                 if run.stopped:
                     break
                 lanes.submit(functools.partial(run.pay, seller_id=seller_id, currency=currency))
+    for _left in due:  # a stopped sweep still counts the sellers it could not pay
+        pass
     counts = run.counts
-    with conn.transaction():
-        row = conn.execute(QUERIES["blocked"], {"minimum": settings.payout_minimum}).fetchone()
-    assert row is not None  # aggregates
-    counts["no_payout_method"], counts["held"] = row
+    counts.update({reason: len(sellers) for reason, sellers in unpaid.items()})
     log.info("pay-sellers: %s", " ".join(f"{k}={v}" for k, v in counts.items()))
     if counts["ambiguous"] or counts["unauthorized"]:
         raise errors.PaymentProviderUnavailable(UNAVAILABLE, dict(counts))
     return dict(counts)
 
 
-def _due(conn: db.Connection, minimum: int) -> Iterator[tuple[uuid.UUID, str]]:
-    """The (seller, currency) pairs to pay, a page at a time (no transaction held between pages)."""
+def _due(
+    conn: db.Connection, minimum: int, unpaid: dict[str, set[uuid.UUID]]
+) -> Iterator[tuple[uuid.UUID, str]]:
+    """The (seller, currency) pairs to pay, a page at a time (no transaction held between pages);
+    the sellers with enough available but no payout method, or a hold, are added to `unpaid`."""
     after: tuple[uuid.UUID, str] = (_ZERO, "")
     while True:
         params = {"minimum": minimum, "after_seller": after[0], "after_currency": after[1], "limit": PAGE}
         with conn.transaction():
-            page = conn.execute(QUERIES["due_sellers"], params).fetchall()
-        for seller_id, currency in page:
+            page = conn.execute(QUERIES["payable"], params).fetchall()
+        for seller_id, currency, no_method, held, in_flight in page:
             after = (seller_id, currency)
-            yield seller_id, currency
+            if no_method:
+                unpaid["no_payout_method"].add(seller_id)
+            elif held:
+                unpaid["held"].add(seller_id)
+            elif not in_flight:
+                yield seller_id, currency
         if len(page) < PAGE:
             return
 

@@ -33,18 +33,20 @@ SET LOCAL synchronous_commit = off;
 -- mark_hold_released --
 UPDATE orders SET hold_released_at = now(), updated_at = now() WHERE id = %(order_id)s;
 
--- due_sellers --
--- (seller, currency) pairs to pay: enough available, a payout method, no payout in flight, no
--- hold. Keyset pagination on (seller_id, currency); each is claimed again under its lock.
-SELECT b.seller_id, b.currency
+-- payable --
+-- Every (seller, currency) with enough available, and what keeps it from a payout now: no payout
+-- method, a hold, a payout in flight. One scan of the balances serves the payouts and the counts
+-- of sellers left unpaid. Keyset pagination on (seller_id, currency); each pair is claimed again
+-- under its lock.
+SELECT b.seller_id, b.currency, m.seller_id IS NULL AS no_method,
+       EXISTS (SELECT 1 FROM seller_payout_holds h
+                WHERE h.seller_id = b.seller_id AND h.released_at IS NULL) AS held,
+       EXISTS (SELECT 1 FROM payouts p
+                WHERE p.seller_id = b.seller_id AND p.currency = b.currency AND p.status = 'pending') AS in_flight
   FROM seller_balances b
-  JOIN seller_payout_methods m ON m.seller_id = b.seller_id
+  LEFT JOIN seller_payout_methods m ON m.seller_id = b.seller_id
  WHERE b.available >= %(minimum)s
    AND (b.seller_id, b.currency) > (%(after_seller)s::uuid, %(after_currency)s::text)
-   AND NOT EXISTS (SELECT 1 FROM payouts p
-                    WHERE p.seller_id = b.seller_id AND p.currency = b.currency AND p.status = 'pending')
-   AND NOT EXISTS (SELECT 1 FROM seller_payout_holds h
-                    WHERE h.seller_id = b.seller_id AND h.released_at IS NULL)
  ORDER BY b.seller_id, b.currency
  LIMIT %(limit)s;
 
@@ -140,15 +142,6 @@ UPDATE seller_transfers
        status = CASE WHEN status = 'completed' THEN 'pending' ELSE status END,
        updated_at = now()
  WHERE payout_id = %(payout_id)s;
-
--- blocked --
--- Sellers with enough available that the sweep did not pay: no payout method, or a hold.
-SELECT count(DISTINCT b.seller_id) FILTER (WHERE m.seller_id IS NULL) AS no_payout_method,
-       count(DISTINCT b.seller_id) FILTER (WHERE h.seller_id IS NOT NULL) AS held
-  FROM seller_balances b
-  LEFT JOIN seller_payout_methods m ON m.seller_id = b.seller_id
-  LEFT JOIN seller_payout_holds h ON h.seller_id = b.seller_id AND h.released_at IS NULL
- WHERE b.available >= %(minimum)s;
 
 -- list_payouts --
 -- `veza-worker payouts`, newest first (payouts_seller_idx, payouts_created_idx).
