@@ -197,6 +197,9 @@ def test_a_dramatiq_worker_exposes_its_metrics_and_ours(
         sweeps.run(audit_sweep, sweeps.Context(own, settings, None))
     with dramatiq_worker(database_url, psp[0], tmp_path / "worker.log") as worker_metrics:
         worker_traffic(conn, web)
+        # A result row commits before its worker counts it: wait for the counters, not the rows.
+        skipped = ("veza_webhook_results_total", (("result", "skipped"),))
+        wait_for(lambda: samples(httpx.get(worker_metrics, timeout=5).text).get(skipped, 0) >= 3)
         worker_text = httpx.get(worker_metrics, timeout=5).text
     web_text = httpx.get(f"{web}/metrics", headers={"authorization": f"Bearer {TOKEN}"}).text
 
