@@ -682,21 +682,26 @@ def test_a_refund_after_a_payout_is_a_debt_the_next_earnings_pay_before_the_next
     deliver(
         conn, psp_settings, "payout_success", settle_payout(fake, payout["hyperswitch_payout_id"], "success")
     )
-    refund_id = uuid.uuid4()  # the buyer got 1,000 back at the PSP, after the seller was paid
+    refund_id = uuid.uuid4()  # the buyer got the item's 3,000 back at the PSP, after the seller was paid
     conn.execute(
         "INSERT INTO refunds (id, order_id, amount, currency, hyperswitch_refund_id, status, note)"
-        " VALUES (%s, %s, 1000, 'USD', 'ref_after_payout', 'succeeded', 'made at the payment provider')",
+        " VALUES (%s, %s, 3000, 'USD', 'ref_after_payout', 'succeeded', 'made at the payment provider')",
+        [refund_id, first_order],
+    )
+    conn.execute(
+        "INSERT INTO refund_items (refund_id, order_item_id)"
+        " SELECT %s, id FROM order_items WHERE order_id = %s",
         [refund_id, first_order],
     )
     with conn.transaction():
-        taken = {ledger.seller(SELLER_A, ledger.Bucket.AVAILABLE): 1000}
+        taken = {ledger.seller(SELLER_A, ledger.Bucket.AVAILABLE): 3000}
         ledger.post(
-            conn, ledger.refund_succeeded(refund_id, "USD", 1000, from_sellers=taken, order_id=first_order)
+            conn, ledger.refund_succeeded(refund_id, "USD", 3000, from_sellers=taken, order_id=first_order)
         )
-    assert balances(conn, SELLER_A) == {"held": 0, "available": -1000, "in_transit": 0}
+    assert balances(conn, SELLER_A) == {"held": 0, "available": -3000, "in_transit": 0}
 
     assert pay()["created"] == 0  # a debt: nothing to pay
-    second_order = paid_order(conn, [(SELLER_A, 2500)], days_ago=15)
+    second_order = paid_order(conn, [(SELLER_A, 4500)], days_ago=15)
     counts = pay()
 
     assert counts["created"] == 1
