@@ -68,6 +68,11 @@ class FakeHyperswitch:
     unlisted: set[str] = field(default_factory=set)  # disputes GET /disputes/list leaves out (paged out)
     # Saved payment methods (pm_...) → the customer they belong to.
     payment_methods: dict[str, str] = field(default_factory=dict)
+    payouts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Stored payout methods (a seller's bank account) → the customer they belong to.
+    payout_methods: dict[str, str] = field(default_factory=dict)
+    # What the next payout creates answer with (then "pending"): pending, success, failed...
+    payout_outcomes: list[str] = field(default_factory=list)
     # What the next off-session charges come back as (then "succeeded"): succeeded, failed,
     # requires_customer_action (the bank wants 3DS), processing.
     off_session_outcomes: list[str] = field(default_factory=list)
@@ -91,6 +96,15 @@ class FakeHyperswitch:
         method = f"pm_{secrets.token_hex(10)}"
         self.payment_methods[method] = customer_id
         return method
+
+    def save_payout_method(self, customer_id: str) -> str:
+        """A seller saved a bank account: its stored payout method."""
+        method = f"pm_{secrets.token_hex(10)}"
+        self.payout_methods[method] = customer_id
+        return method
+
+    def payouts_with_reference(self, reference: str) -> list[dict[str, Any]]:
+        return [p for p in self.payouts.values() if p.get("merchant_order_reference_id") == reference]
 
 
 def _error(status: int, code: str, message: str, shape: str = "nested") -> JSONResponse:
@@ -329,6 +343,7 @@ def webhook_body(event_type: str, obj: dict[str, Any]) -> bytes:
         "refund": "refund_details",
         "mandate": "mandate_details",
         "dispute": "dispute_details",
+        "payout": "payout_details",
     }.get(event_type.split("_")[0], "payment_details")
     envelope = {
         "merchant_id": MERCHANT,
@@ -533,6 +548,159 @@ get_refund = _retrieve("GET /refunds", "refund_id", "Refund", lambda fake: fake.
 get_dispute = _retrieve("GET /disputes", "dispute_id", "Dispute", lambda fake: fake.disputes)
 
 
+# -- payouts ----------------------------------------------------------------------------------------
+
+# The webhook Hyperswitch sends when a payout reaches a status (EventType, payouts feature).
+PAYOUT_EVENTS = {
+    "success": "payout_success",
+    "failed": "payout_failed",
+    "ineligible": "payout_failed",
+    "cancelled": "payout_cancelled",
+    "expired": "payout_expired",
+    "reversed": "payout_reversed",
+    "initiated": "payout_initiated",
+    "pending": "payout_processing",
+}
+
+
+async def create_payout(request: Request) -> Response:
+    """POST /payouts/create: the PSP generates the payout_id; nothing makes a create unique (a
+    second one with the same merchant_order_reference_id is a second payout)."""
+    fake: FakeHyperswitch = request.app.state.fake
+    body, refused = await _guard(request, fake, "POST /payouts/create", "PayoutsCreateRequest")
+    if refused is not None:
+        return refused
+    method, customer_id = body.get("payout_method_id"), body.get("customer_id")
+    if method is not None and fake.payout_methods.get(method) != customer_id:
+        return _error(400, "IR_16", "payout method does not belong to this customer")
+    payout = new_payout(body)
+    fake.payouts[payout["payout_id"]] = payout
+    outcome = fake.payout_outcomes.pop(0) if fake.payout_outcomes else "pending"
+    settle_payout(fake, payout["payout_id"], outcome)
+    final = outcome in ("success", "failed")  # the real server sends the status's webhook itself
+    return await _reply(
+        fake, "POST /payouts/create", payout, webhook=PAYOUT_EVENTS[outcome] if final else None
+    )
+
+
+def new_payout(body: dict[str, Any]) -> dict[str, Any]:
+    """A PayoutCreateResponse for a create request."""
+    payout_id = f"payout_{secrets.token_hex(12)[:23]}"  # 30 characters, as the spec has them
+    return {
+        "payout_id": payout_id,
+        "merchant_id": MERCHANT,
+        "merchant_order_reference_id": body.get("merchant_order_reference_id"),
+        "amount": body["amount"],
+        "currency": body["currency"],
+        "connector": "fauxpay",
+        "payout_type": body.get("payout_type"),
+        "payout_method_id": body.get("payout_method_id"),
+        "auto_fulfill": bool(body.get("auto_fulfill")),
+        "customer_id": body.get("customer_id") or f"cus_{secrets.token_hex(10)}",
+        "client_secret": f"{payout_id}_secret_{secrets.token_hex(10)}",
+        "return_url": "https://veza.example/payouts",
+        "business_country": "US",
+        "entity_type": "Individual",
+        "recurring": False,
+        "metadata": body.get("metadata"),
+        "status": "requires_creation",
+        "error_message": None,
+        "error_code": None,
+        "profile_id": "pro_fake",
+        "created": _now(),
+        "connector_transaction_id": f"tr_{secrets.token_hex(8)}",
+    }
+
+
+def settle_payout(
+    fake: FakeHyperswitch, payout_id: str, status: str, error_message: str | None = None
+) -> dict[str, Any]:
+    """The bank answered (or returned the money): the payout is now `status`."""
+    payout = fake.payouts[payout_id]
+    failed = status in ("failed", "ineligible", "cancelled", "expired", "reversed")
+    payout.update(
+        status=status,
+        error_message=(error_message or f"payout {status}") if failed else None,
+        error_code="R01" if failed else None,
+    )
+    return payout
+
+
+async def get_payout(request: Request) -> Response:
+    fake: FakeHyperswitch = request.app.state.fake
+    _, refused = await _guard(request, fake, "GET /payouts")
+    if refused is not None:
+        return refused
+    unknown = set(request.query_params) - {"force_sync"}
+    if unknown:
+        return _error(400, "IR_06", f"Json deserialize error: unknown field `{sorted(unknown)[0]}`")
+    found = fake.payouts.get(request.path_params["payout_id"])
+    if found is None:
+        return _error(404, "HE_02", "Payout does not exist in our records")
+    return JSONResponse(found)
+
+
+# PayoutListFilterConstraints marks these required; the server's own struct does not need them
+# (time_range is an optional flattened field, currency and entity_type optional filters). The
+# fake type-checks every field a request sends, fills these in only to get past `required`.
+_LIST_NOT_REQUIRED = {"currency": "USD", "entity_type": "Individual", "start_time": "2000-01-01T00:00:00Z"}
+
+
+async def list_payouts(request: Request) -> Response:
+    """POST /payouts/list: the payouts matching the filters, newest first; limit at most 20."""
+    fake: FakeHyperswitch = request.app.state.fake
+    body, refused = await _guard(request, fake, "POST /payouts/list")
+    if refused is not None:
+        return refused
+    refused = _invalid_list(fake, body)
+    if refused is not None:
+        return refused
+    found = [
+        p
+        for p in reversed(fake.payouts.values())
+        if all(body.get(key) in (None, p.get(key)) for key in ("merchant_order_reference_id", "customer_id"))
+    ]
+    offset, limit = body.get("offset") or 0, body.get("limit", 10)
+    page = found[offset : offset + limit]
+    return JSONResponse({"size": len(page), "data": page, "total_count": len(found)})
+
+
+def _invalid_list(fake: FakeHyperswitch, body: Any) -> Response | None:
+    if not isinstance(body, dict):
+        return _invalid(fake, "PayoutListFilterConstraints", body)
+    unknown = set(body) - openapi.properties("PayoutListFilterConstraints")
+    if unknown:
+        fake.violations.append(f"<root>: unknown field {sorted(unknown)[0]!r}")
+        return _error(400, "IR_06", f"Json deserialize error: unknown field `{sorted(unknown)[0]}`")
+    refused = _invalid(fake, "PayoutListFilterConstraints", {**_LIST_NOT_REQUIRED, **body})
+    if refused is None and body.get("limit", 10) > 20:
+        fake.violations.append("limit: over 20")
+        return _error(400, "IR_06", "limit should be less than or equal to 20")
+    return refused
+
+
+async def payout_control(request: Request) -> Response:
+    """POST /_fake/payouts/{payout_id}/{status}[?webhook=false]: the payout reaches `status`
+    (success, failed, reversed...); its webhook is sent unless asked not to."""
+    fake: FakeHyperswitch = request.app.state.fake
+    payout_id, status = request.path_params["payout_id"], request.path_params["status"]
+    if payout_id not in fake.payouts:
+        return _error(404, "HE_02", f"payout {payout_id} does not exist")
+    payout = settle_payout(fake, payout_id, status)
+    delivered = None
+    if request.query_params.get("webhook", "true") != "false":
+        delivered = await _send_webhook(fake, PAYOUT_EVENTS[status], dict(payout))
+    return JSONResponse({"object": payout, "event_type": PAYOUT_EVENTS[status], "webhook_status": delivered})
+
+
+async def add_payout_methods(request: Request) -> Response:
+    """POST /_fake/payout_methods [[method_id, customer_id], ...]: bank accounts saved earlier."""
+    fake: FakeHyperswitch = request.app.state.fake
+    pairs = json.loads(await request.body())
+    fake.payout_methods.update({method: customer for method, customer in pairs})
+    return JSONResponse({"payout_methods": len(fake.payout_methods)})
+
+
 def create_fake(api_key: str, webhook_url: str | None = None, webhook_secret: str | None = None) -> Starlette:
     app = Starlette(
         routes=[
@@ -543,6 +711,11 @@ def create_fake(api_key: str, webhook_url: str | None = None, webhook_secret: st
             Route("/disputes/{dispute_id}", get_dispute, methods=["GET"]),
             Route("/refunds", create_refund, methods=["POST"]),
             Route("/refunds/{refund_id}", get_refund, methods=["GET"]),
+            Route("/payouts/create", create_payout, methods=["POST"]),
+            Route("/payouts/list", list_payouts, methods=["POST"]),
+            Route("/payouts/{payout_id}", get_payout, methods=["GET"]),
+            Route("/_fake/payout_methods", add_payout_methods, methods=["POST"]),
+            Route("/_fake/payouts/{payout_id:str}/{status:str}", payout_control, methods=["POST"]),
             Route("/_fake/mandates/{payment_method_id:str}/revoke", revoke, methods=["POST"]),
             Route("/_fake/payment_methods", add_payment_methods, methods=["POST"]),
             Route("/_fake/payments/{payment_id:str}/dashboard_refund", dashboard_refund, methods=["POST"]),

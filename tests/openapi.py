@@ -13,7 +13,7 @@ from referencing.jsonschema import DRAFT202012
 
 SPEC_PATH = Path(__file__).resolve().parent / "hyperswitch" / "openapi_spec_v1.json"
 # Request bodies the real server parses with serde's deny_unknown_fields.
-STRICT = {"PaymentsCreateRequest", "PaymentsCancelRequest", "RefundRequest"}
+STRICT = {"PaymentsCreateRequest", "PaymentsCancelRequest", "RefundRequest", "PayoutsCreateRequest"}
 
 
 def _json_schema(node: Any) -> Any:
@@ -51,3 +51,20 @@ def errors(schema_name: str, document: Any) -> list[str]:
     """Every way `document` breaks the schema, as readable lines; empty when it is valid."""
     found = validator(schema_name).iter_errors(document)
     return sorted(f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in found)
+
+
+def properties(schema_name: str) -> set[str]:
+    """Every property a schema names, through its allOf parts (PayoutListFilterConstraints)."""
+    spec, _ = _registry()
+    schemas = spec["components"]["schemas"]
+    found: set[str] = set()
+    todo = [schemas[schema_name]]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            found |= set(node.get("properties", {}))
+            ref = node.get("$ref")
+            if isinstance(ref, str):
+                todo.append(schemas[ref.rsplit("/", 1)[1]])
+            todo.extend(node.get("allOf", []) + node.get("anyOf", []))
+    return found

@@ -246,6 +246,7 @@ def test_every_sweep_records_its_runs_and_status_sees_a_dead_clock(
         "subscriptions",
         "disputes",
         "ledger",
+        "payouts",
         "clock_started_at",
         "sweeps",
     }

@@ -47,7 +47,15 @@ def a_tick_later(conn: psycopg.Connection[Any]) -> None:
 
 NOTHING_CHECKED = {
     phase: {"checked": 0}
-    for phase in ("orders", "refunds", "orphan_refunds", "invoice_refunds", "subscriptions", "disputes")
+    for phase in (
+        "orders",
+        "refunds",
+        "orphan_refunds",
+        "invoice_refunds",
+        "subscriptions",
+        "payouts",
+        "disputes",
+    )
 }  # what a tick answers when no row is due
 
 
@@ -406,6 +414,7 @@ def test_the_reconcile_command_prints_per_phase_counts(
         "orphan_refunds": {"checked": 0},
         "invoice_refunds": {"checked": 0},
         "subscriptions": {"checked": 0},
+        "payouts": {"checked": 0},
         "disputes": {"checked": 0},
     }
     without = run_cli("reconcile", settings=psp_settings, HYPERSWITCH_ENABLED="false")

@@ -83,11 +83,15 @@ def test_every_sweep_has_its_actor_and_its_command() -> None:
 
 def test_the_clock_schedules_every_enabled_sweep_and_only_those(settings: Settings) -> None:
     on, off = BackgroundScheduler(timezone="UTC"), BackgroundScheduler(timezone="UTC")
-    clock.schedule(on, replace(settings, reconcile_interval=timedelta(minutes=15)))
+    clock.schedule(on, replace(settings, reconcile_interval=timedelta(minutes=15), payouts_enabled=True))
     clock.schedule(off, replace(settings, reconcile_worker_enabled=False))
 
     assert {job.id for job in on.get_jobs()} == {sweep.name for sweep in sweeps.SWEEPS}
-    assert {job.id for job in off.get_jobs()} == {sweep.name for sweep in sweeps.SWEEPS} - {"reconcile"}
+    assert {job.id for job in off.get_jobs()} == {sweep.name for sweep in sweeps.SWEEPS} - {
+        "reconcile",
+        "pay_sellers",  # PAYOUTS_ENABLED is false by default
+    }
+    assert str(on.get_job("pay_sellers").trigger) == "interval[1 day, 0:00:00]"
     assert str(on.get_job("reconcile").trigger) == "interval[0:15:00]"
     assert str(on.get_job("automatic_refunds").trigger) == "interval[0:01:00]"
     assert "hour='3', minute='17'" in str(on.get_job("retention").trigger)
@@ -142,7 +146,7 @@ def test_right_after_a_fresh_start_status_is_healthy_and_says_no_clock_started(
     assert done.returncode == 0, done.stderr
     document = json.loads(done.stdout)
     assert document["clock_started_at"] is None
-    assert set(document["sweeps"]) == {sweep.name for sweep in sweeps.SWEEPS}
+    assert set(document["sweeps"]) == {sweep.name for sweep in sweeps.enabled(settings)}
     assert not any(sweep["overdue"] for sweep in document["sweeps"].values())
 
 

@@ -16,7 +16,16 @@ from veza_worker import db
 log = logging.getLogger(__name__)
 QUERIES = db.load_queries(__name__)
 
-CHECKS = ("balanced", "read_model", "movements", "earnings", "licenses", "suspense", "unallocated")
+CHECKS = (
+    "balanced",
+    "read_model",
+    "movements",
+    "earnings",
+    "in_transit",
+    "licenses",
+    "suspense",
+    "unallocated",
+)
 LIMIT_PER_CHECK = 100
 
 

@@ -43,7 +43,10 @@ SELECT 'seller ' || coalesce(l.seller_id, b.seller_id) || ' ' || coalesce(l.curr
 -- movements --
 -- Both ways: every movement the PSP made (as our rows record it) has exactly one posting of its
 -- amount (corrections of it included) and every posting of a PSP movement has one. The amount is
--- read on `world`; money kept for nothing on platform:suspense (it may come from revenue).
+-- read on `world`; money kept for nothing on platform:suspense (it may come from revenue); a
+-- payout's creation and failure on the seller's in_transit (money that never left us).
+-- Payouts: created for every payout; paid for one paid or reversed (a reversal follows a
+-- payment); failed for a failed one; reversed for a reversed one.
 WITH expected (key, object, account, amount) AS (
     SELECT 'order:' || id || ':paid', 'order ' || id, 'world', -total_amount
       FROM orders
@@ -66,24 +69,38 @@ WITH expected (key, object, account, amount) AS (
       FROM disputes
      WHERE status IN ('dispute_won', 'dispute_cancelled')
        AND (order_id IS NOT NULL OR invoice_id IS NOT NULL) AND amount > 0
+    UNION ALL
+    SELECT 'payout:' || id || ':created', 'payout ' || id, 'in_transit', amount FROM payouts
+    UNION ALL
+    SELECT 'payout:' || id || ':paid', 'payout ' || id, 'world', amount
+      FROM payouts WHERE status IN ('paid', 'reversed')
+    UNION ALL
+    SELECT 'payout:' || id || ':failed', 'payout ' || id, 'in_transit', -amount
+      FROM payouts WHERE status = 'failed'
+    UNION ALL
+    SELECT 'payout:' || id || ':reversed', 'payout ' || id, 'world', -amount
+      FROM payouts WHERE status = 'reversed'
 ), measured AS (
     SELECT transaction_id,
            sum(amount) FILTER (WHERE account = 'world') AS world,
-           sum(amount) FILTER (WHERE account = 'platform:suspense') AS suspense
+           sum(amount) FILTER (WHERE account = 'platform:suspense') AS suspense,
+           sum(amount) FILTER (WHERE account LIKE 'seller:%%:in_transit') AS in_transit
       FROM ledger_entries
-     WHERE account IN ('world', 'platform:suspense')
+     WHERE account IN ('world', 'platform:suspense') OR account LIKE 'seller:%%:in_transit'
      GROUP BY transaction_id
 ), posted AS (
     SELECT coalesce(t.corrects, t.key) AS key,
            count(*) FILTER (WHERE t.corrects IS NULL) AS postings,
            coalesce(sum(m.world), 0) AS world,
-           coalesce(sum(m.suspense), 0) AS suspense
+           coalesce(sum(m.suspense), 0) AS suspense,
+           coalesce(sum(m.in_transit), 0) AS in_transit
       FROM ledger_transactions t
       LEFT JOIN measured m ON m.transaction_id = t.id
      GROUP BY 1
 ), compared AS (
     SELECT x.key AS expected_key, x.object, x.account, x.amount AS expected, p.key, p.postings,
-           CASE x.account WHEN 'platform:suspense' THEN p.suspense ELSE p.world END AS moved
+           CASE x.account WHEN 'platform:suspense' THEN p.suspense
+                          WHEN 'in_transit' THEN p.in_transit ELSE p.world END AS moved
       FROM expected x
       FULL JOIN posted p ON p.key = x.key
 )
@@ -94,7 +111,7 @@ SELECT coalesce(object, 'transaction ' || key) AS object,
             ELSE key || ' moved ' || moved || ' on ' || account || ', the movement was ' || expected END AS detail
   FROM compared
  WHERE (expected_key IS NULL
-        AND key ~ '^(order:.*:paid|refund:.*:(succeeded|kept)|invoice:.*:paid|dispute:.*:(opened|closed))$')
+        AND key ~ '^(order:.*:paid|refund:.*:(succeeded|kept)|invoice:.*:paid|dispute:.*:(opened|closed)|payout:.*:(created|paid|failed|reversed))$')
     OR key IS NULL OR moved <> expected OR postings <> 1
  LIMIT %(limit)s;
 
@@ -126,6 +143,21 @@ SELECT 'order ' || coalesce(l.order_id, h.order_id) AS object,
   FROM live l
   FULL JOIN held h ON h.order_id = l.order_id AND h.seller_id = l.seller_id
  WHERE coalesce(l.amount, 0) <> coalesce(h.amount, 0)
+
+-- in_transit --
+-- A seller's in_transit is exactly their payouts not final yet: a payout whose money came back
+-- twice, or never, shows here (polar#9666 was caught by such a check).
+WITH held AS (
+    SELECT seller_id, currency, in_transit FROM seller_balances WHERE in_transit <> 0
+), pending AS (
+    SELECT seller_id, currency, sum(amount) AS amount FROM payouts WHERE status = 'pending' GROUP BY 1, 2
+)
+SELECT 'seller ' || seller_id || ' ' || currency AS object,
+       'has ' || coalesce(h.in_transit, 0) || ' in transit, its pending payouts '
+       || coalesce(p.amount, 0) AS detail
+  FROM held h
+  FULL JOIN pending p USING (seller_id, currency)
+ WHERE coalesce(h.in_transit, 0) <> coalesce(p.amount, 0)
  LIMIT %(limit)s;
 
 -- licenses --

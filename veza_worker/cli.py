@@ -25,6 +25,7 @@ from veza_worker import (
     logs,
     ops,
     orders,
+    payouts,
     refunds,
     sweeps,
     webhooks,
@@ -159,6 +160,21 @@ def cmd_hash_password(args: argparse.Namespace, settings: Settings) -> Any:
     return RawOutput(argon2.PasswordHasher().hash(password))
 
 
+def cmd_payouts(args: argparse.Namespace, settings: Settings) -> Any:
+    with db.connect(settings.database_url) as conn:
+        return payouts.listing(conn, seller_id=args.seller, status=args.status, limit=args.limit)
+
+
+def cmd_hold_payouts(args: argparse.Namespace, settings: Settings) -> Any:
+    with db.connect(settings.database_url) as conn:
+        return payouts.hold(conn, args.seller_id, args.reason)
+
+
+def cmd_release_payouts(args: argparse.Namespace, settings: Settings) -> Any:
+    with db.connect(settings.database_url) as conn:
+        return payouts.release(conn, args.seller_id)
+
+
 def _uuid(value: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
@@ -176,6 +192,12 @@ def _positive(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"not a positive integer: {value!r}")
     return int(value)
+
+
+def _reason(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("a reason is required")
+    return value
 
 
 def _note(value: str) -> str:
@@ -258,6 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_hash_password,
         "print an argon2 hash for OPS_USERS (password from stdin, or typed twice on a terminal)",
     )
+    listed_payouts = add("payouts", cmd_payouts, "the payouts, newest first (JSON array)")
+    listed_payouts.add_argument("--seller", metavar="SELLER_ID", type=_uuid)
+    listed_payouts.add_argument("--status", choices=list(payouts.Status))
+    listed_payouts.add_argument("--limit", metavar="N", type=_positive, default=100)
+    held = add("hold-payouts", cmd_hold_payouts, "pay a seller under review nothing until released")
+    held.add_argument("seller_id", metavar="SELLER_ID", type=_uuid)
+    held.add_argument("--reason", required=True, type=_reason, help="why (kept, shown in status)")
+    released = add("release-payouts", cmd_release_payouts, "lift a seller's payout hold")
+    released.add_argument("seller_id", metavar="SELLER_ID", type=_uuid)
     return parser
 
 

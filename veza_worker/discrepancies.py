@@ -30,6 +30,10 @@ class Kind(StrEnum):
     AUTOMATIC_REFUND_FAILED = "automatic_refund_failed"  # money we must give back is still ours
     RECONCILE_GAVE_UP = "reconcile_gave_up"
     RECONCILE_STILL_PENDING = "reconcile_still_pending"
+    PAYOUT_AMOUNT_MISMATCH = "payout_amount_mismatch"  # the PSP's payout is not the one we made
+    PAYOUT_DUPLICATE_AT_PSP = "payout_duplicate_at_psp"  # two PSP payouts under one reference of ours
+    PAYOUT_FAILED_AFTER_PAID = "payout_failed_after_paid"  # the PSP reported success, then a failure
+    PAYOUT_UNKNOWN_TO_PSP = "payout_unknown_to_psp"  # a PSP id of ours the PSP no longer knows
 
 
 def open_one(

@@ -73,3 +73,8 @@ class HyperswitchRejected(HyperswitchError):
 
 class HyperswitchNotFound(HyperswitchRejected):
     """The PSP has no such object (404)."""
+
+
+class HyperswitchUnauthorized(HyperswitchRejected):
+    """401 or 403 (IR_01): our API key is wrong or revoked. A misconfiguration, not an answer
+    about the object: a create it refused is left as after an ambiguous failure."""

@@ -58,6 +58,10 @@ class Kind(StrEnum):
     DISPUTE_OPENED = "dispute_opened"
     DISPUTE_CLOSED = "dispute_closed"  # won or cancelled: the opening's exact reverse
     HOLD_RELEASED = "hold_released"
+    PAYOUT_CREATED = "payout_created"  # available → in_transit, before the PSP call
+    PAYOUT_PAID = "payout_paid"  # in_transit → world
+    PAYOUT_FAILED = "payout_failed"  # failed, cancelled, expired, ineligible: in_transit → available
+    PAYOUT_REVERSED = "payout_reversed"  # the bank returned a paid payout: world → available
     CORRECTION = "correction"
     OPENING_BALANCE = "opening_balance"
 
@@ -303,6 +307,28 @@ def hold_released(order_id: uuid.UUID, currency: str, held: Mapping[uuid.UUID, i
         sum_into(entries, seller(seller_id, Bucket.HELD), -amount)
         sum_into(entries, seller(seller_id, Bucket.AVAILABLE), amount)
     return Posting(f"order:{order_id}:released", Kind.HOLD_RELEASED, currency, entries, order_id=order_id)
+
+
+def payout_created(payout_id: uuid.UUID, seller_id: uuid.UUID, currency: str, amount: int) -> Posting:
+    entries = {seller(seller_id, Bucket.AVAILABLE): -amount, seller(seller_id, Bucket.IN_TRANSIT): amount}
+    return Posting(f"payout:{payout_id}:created", Kind.PAYOUT_CREATED, currency, entries, payout_id=payout_id)
+
+
+def payout_paid(payout_id: uuid.UUID, seller_id: uuid.UUID, currency: str, amount: int) -> Posting:
+    entries = {seller(seller_id, Bucket.IN_TRANSIT): -amount, WORLD: amount}
+    return Posting(f"payout:{payout_id}:paid", Kind.PAYOUT_PAID, currency, entries, payout_id=payout_id)
+
+
+def payout_failed(payout_id: uuid.UUID, seller_id: uuid.UUID, currency: str, amount: int) -> Posting:
+    entries = {seller(seller_id, Bucket.IN_TRANSIT): -amount, seller(seller_id, Bucket.AVAILABLE): amount}
+    return Posting(f"payout:{payout_id}:failed", Kind.PAYOUT_FAILED, currency, entries, payout_id=payout_id)
+
+
+def payout_reversed(payout_id: uuid.UUID, seller_id: uuid.UUID, currency: str, amount: int) -> Posting:
+    entries = {WORLD: -amount, seller(seller_id, Bucket.AVAILABLE): amount}
+    return Posting(
+        f"payout:{payout_id}:reversed", Kind.PAYOUT_REVERSED, currency, entries, payout_id=payout_id
+    )
 
 
 # -- reading ----------------------------------------------------------------------------------------

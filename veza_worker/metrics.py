@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Mapping
 from functools import cache
 from multiprocessing import parent_process
@@ -18,8 +19,18 @@ from typing import Any
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-@cache
+_BUILDING = threading.Lock()
+
+
 def _collectors() -> dict[str, Any]:
+    """Built once, under a lock: threads (a worker's, the payout sweep's lanes) may record their
+    first metric at the same moment, and a second registration would raise."""
+    with _BUILDING:
+        return _build()
+
+
+@cache
+def _build() -> dict[str, Any]:
     import prometheus_client as prom
 
     return {
@@ -46,7 +57,21 @@ def _collectors() -> dict[str, Any]:
         "reconcile_actions": prom.Counter(
             "veza_reconcile_actions_total", "What the reconciler did, per phase.", ["phase", "action"]
         ),
+        "payouts": _payouts(prom),
     }
+
+
+PAYOUT_STATUSES = ("pending", "paid", "failed", "reversed")
+
+
+def _payouts(prom: Any) -> Any:
+    """Every status's series exists from the start at 0: an alert or a panel never sees it absent."""
+    counter = prom.Counter(
+        "veza_payouts_total", "Payouts entering each status (pending = created).", ["status"]
+    )
+    for status in PAYOUT_STATUSES:
+        counter.labels(status)
+    return counter
 
 
 def delivery(outcome: str, seconds: float) -> None:
@@ -69,6 +94,11 @@ def psp_request(endpoint: str, outcome: str, seconds: float) -> None:
 
 def reconcile_action(phase: str, action: str) -> None:
     _collectors()["reconcile_actions"].labels(phase, action).inc()
+
+
+def payout(status: str) -> None:
+    """A payout entered `status`: pending (created), paid, failed or reversed."""
+    _collectors()["payouts"].labels(status).inc()
 
 
 # -- the web's /metrics -----------------------------------------------------------------------------
@@ -163,6 +193,7 @@ class _Gauges:
         for sweep, every in values["sweep_intervals"].items():
             intervals.add_metric([sweep], every.total_seconds())
         yield intervals
+        yield from _payout_gauges(values["payouts"])
         started = values["clock_started_at"]
         if started is not None:  # absent until a clock starts: the alert on absent() fires
             yield Gauge(
@@ -170,3 +201,29 @@ class _Gauges:
                 "When a clock first started; sweeps are overdue two intervals after it at the earliest.",
                 value=started.timestamp(),
             )
+
+
+def _payout_gauges(values: Mapping[str, Any]) -> Any:
+    from prometheus_client.core import GaugeMetricFamily as Gauge
+
+    in_transit = Gauge(
+        "veza_payouts_in_transit", "Money in payouts not final yet (minor units).", labels=["currency"]
+    )
+    for currency, amount in values["in_transit"].items():
+        in_transit.add_metric([currency], amount)
+    yield in_transit
+    yield Gauge(
+        "veza_payouts_oldest_in_transit_seconds",
+        "Age of the oldest payout not final yet (0: none).",
+        value=values["oldest_in_transit_seconds"],
+    )
+    yield Gauge(
+        "veza_payouts_failed_last_day",
+        "Payouts that failed or that the bank returned in the last 24 hours.",
+        value=values["failed_last_day"],
+    )
+    yield Gauge(
+        "veza_sellers_without_payout_method",
+        "Sellers with money to pay that the last pay_sellers sweep could not pay: no payout method.",
+        value=values["sellers_without_payout_method"],
+    )

@@ -12,7 +12,7 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from veza_worker import audit, db, sweeps
+from veza_worker import audit, db, payouts, sweeps
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import model
 
@@ -26,6 +26,7 @@ def stuck(conn: db.Connection, settings: Settings) -> dict[str, int]:
         "refunds": settings.reconcile_refund_stuck_after,
         "orphans": settings.reconcile_refund_orphan_after,
         "subscriptions": settings.reconcile_subscription_stuck_after,
+        "payouts": settings.reconcile_payout_stuck_after,
     }
     return {phase: count for phase, count in conn.execute(QUERIES["stuck"], params).fetchall()}
 
@@ -51,6 +52,7 @@ def gauges(conn: db.Connection, settings: Settings) -> dict[str, Any]:
             "disputes_open": disputes[0],
             "dispute_nearest_deadline": disputes[1],
             "ledger_violations": audit.last_violations(conn),
+            "payouts": payouts.gauges(conn),
             **sweeps.gauges(conn, settings),
         }
 
@@ -75,6 +77,7 @@ def status(conn: db.Connection, settings: Settings) -> tuple[dict[str, Any], boo
             "subscriptions": subscriptions_by_status(conn),
             "disputes": {"open": disputes[0], "nearest_deadline": disputes[1]},
             "ledger": audit.last_state(conn),
+            "payouts": payouts.status(conn),
             **schedule,
         }
     healthy = not human and not any(s["overdue"] for s in schedule["sweeps"].values())

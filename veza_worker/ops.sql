@@ -29,7 +29,10 @@ SELECT 'invoice_refunds', count(*) FROM refunds
    AND submitted_at < now() - %(refunds)s
 UNION ALL
 SELECT 'subscriptions', count(*) FROM subscription_invoices
- WHERE status = 'pending' AND created_at < now() - %(subscriptions)s;
+ WHERE status = 'pending' AND created_at < now() - %(subscriptions)s
+UNION ALL
+SELECT 'payouts', count(*) FROM payouts
+ WHERE status = 'pending' AND created_at < now() - %(payouts)s;
 
 -- needs_a_human --
 -- The oldest rows automation left to a person, each with what to look at.

@@ -19,7 +19,7 @@ from typing import Any
 
 from psycopg.rows import class_row
 
-from veza_worker import db, disputes, errors, hyperswitch, metrics, refunds, webhooks
+from veza_worker import db, disputes, errors, hyperswitch, metrics, payouts, refunds, webhooks
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import invoices, model
 
@@ -149,6 +149,7 @@ def tick(conn: db.Connection, client: hyperswitch.Client, settings: Settings) ->
         Phase(
             "subscriptions", "invoice", "claim_invoice", settings.reconcile_subscription_stuck_after, _invoice
         ),
+        Phase("payouts", "payout", "claim_payout", settings.reconcile_payout_stuck_after, _payout),
     ]
     counts = {phase.name: _phase(context, phase, due_before) for phase in phases}
     counts["disputes"] = _disputes(context)
@@ -427,6 +428,55 @@ def _abandon_reason(
     if age >= settings.subscription_payment_expires_after:
         return "payment not completed in time"
     return None
+
+
+# -- payouts ---------------------------------------------------------------------------------------
+
+
+def _payout(context: Context, stuck: Stuck) -> Outcome:
+    """A pending payout: the PSP's payout decides. One the PSP never answered for is looked up by
+    its merchant reference before it is ever sent again."""
+    payout = payouts.lock(context.conn, stuck.id)
+    assert payout is not None
+    if payout.hyperswitch_payout_id is None:
+        return _unsubmitted_payout(context, payout)
+    found = _fetch(context, context.client.get_payout, payout.hyperswitch_payout_id, "payout_id")
+    if found is None:
+        return Outcome("psp_error")
+    status = str(found.get("status"))
+    if status == "not_found":
+        payouts.unknown_to_psp(context.conn, payout)
+        return Outcome("unchanged", status)
+    if payouts.is_final(status):
+        return _synthetic(context, payouts.event_type(status), payouts.CONTENT_TYPE, found)
+    payouts.adopt(context.conn, payout, found)
+    return Outcome("unchanged", status)
+
+
+def _unsubmitted_payout(context: Context, payout: payouts.Payout) -> Outcome:
+    """Found at the PSP by our reference: adopted (its status applied when final). Not found, and
+    the canary shows the PSP sees our objects: sent now, with the same reference."""
+    try:
+        found = context.client.list_payouts(payout.merchant_reference)
+    except errors.HyperswitchError as exc:
+        log.warning("reconcile: listing payouts for %s failed: %s", payout.merchant_reference, exc)
+        return Outcome("psp_error")
+    if len(found) > 1:
+        payouts.duplicated_at_psp(context.conn, payout, found)
+        return Outcome("unchanged", "duplicated")
+    if found:
+        status = str(found[0].get("status"))
+        if payouts.is_final(status):
+            return _synthetic(context, payouts.event_type(status), payouts.CONTENT_TYPE, found[0])
+        payouts.adopt(context.conn, payout, found[0])
+        return Outcome("adopted", status)
+    if not context.canary.sees_us():
+        raise PspMisconfigured(payout.merchant_reference)
+    sent = payouts.send(context.conn, context.client, payout)
+    log.info("reconcile: payout %s was never received by the payment provider: sent, %s", payout.id, sent)
+    if sent == "rejected":
+        return Outcome("settled", "not_found")
+    return Outcome("resent" if sent == "submitted" else "psp_error", "not_found")
 
 
 # -- disputes ---------------------------------------------------------------------------------------

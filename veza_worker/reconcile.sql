@@ -96,6 +96,23 @@ SELECT i.id, i.payment_id AS psp_id, now() - coalesce(i.submitted_at, i.created_
  LIMIT 1
    FOR UPDATE OF u SKIP LOCKED;
 
+-- claim_payout --
+-- One payout still pending after stuck_after (payouts_pending_idx), locked as its writers lock
+-- it: with its PSP id, asked about by it; without one (an ambiguous create, a crash before the
+-- call), looked up by its merchant reference, which then stands in as psp_id.
+SELECT p.id, coalesce(p.hyperswitch_payout_id, p.merchant_reference) AS psp_id,
+       now() - p.created_at AS stuck_for, coalesce(s.checks, 0) AS checks
+  FROM payouts p
+  LEFT JOIN reconcile_state s ON s.kind = 'payout' AND s.row_id = p.id
+ WHERE p.status = 'pending'
+   AND p.created_at < now() - %(stuck_after)s
+   AND (s.last_checked_at IS NULL OR s.last_checked_at < %(due_before)s)
+   AND s.gave_up_at IS NULL
+   AND p.id <> ALL(%(tried)s::uuid[])
+ ORDER BY s.last_checked_at NULLS FIRST, p.created_at
+ LIMIT 1
+   FOR UPDATE OF p SKIP LOCKED;
+
 -- begin_check --
 -- The claim's second half: the claim query's snapshot may predate another tick's commit, so the
 -- row's state is upserted here, where Postgres serializes two ticks on it. No row back means

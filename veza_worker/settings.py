@@ -53,6 +53,10 @@ class Settings:
     metrics_token: str | None = field(default=None, repr=False)
     ops_users: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (name, argon2 hash)
     ops_secret_key: str | None = field(default=None, repr=False)
+    payouts_enabled: bool = False
+    payout_interval: timedelta = timedelta(days=1)
+    payout_minimum: int = 1000
+    reconcile_payout_stuck_after: timedelta = timedelta(minutes=30)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -85,6 +89,10 @@ class Settings:
             metrics_token=reader.optional("METRICS_TOKEN"),
             ops_users=reader.ops_users("OPS_USERS"),
             ops_secret_key=reader.optional("OPS_SECRET_KEY"),
+            payouts_enabled=reader.boolean("PAYOUTS_ENABLED", False),
+            payout_interval=reader.duration("PAYOUT_INTERVAL", "1d"),
+            payout_minimum=reader.positive_int("PAYOUT_MINIMUM", 1000),
+            reconcile_payout_stuck_after=reader.duration("RECONCILE_PAYOUT_STUCK_AFTER", "30m"),
         )
         settings.check_hyperswitch()
         settings.check_ops()

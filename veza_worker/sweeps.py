@@ -21,7 +21,17 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from veza_worker import audit, automatic_refunds, db, errors, hyperswitch, reconcile, retention, webhooks
+from veza_worker import (
+    audit,
+    automatic_refunds,
+    db,
+    errors,
+    hyperswitch,
+    payouts,
+    reconcile,
+    retention,
+    webhooks,
+)
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import billing
 
@@ -115,6 +125,10 @@ def _audit(context: Context) -> dict[str, Any]:
     return audit.run(context.conn)
 
 
+def _pay_sellers(context: Context) -> dict[str, Any]:
+    return payouts.pay_sellers(context.conn, context.psp, context.settings)
+
+
 SWEEPS: tuple[Sweep, ...] = (
     Sweep(
         "reconcile",
@@ -181,6 +195,18 @@ SWEEPS: tuple[Sweep, ...] = (
         cron="47 4 * * *",  # after retention, in quiet hours
         verdict=audit.verdict,
         time_limit=timedelta(hours=1),
+    ),
+    Sweep(
+        "pay_sellers",
+        command="pay-sellers",
+        actor="pay_sellers",
+        help="one payout sweep now: holds past their refund window released, then one payout per seller"
+        " and currency of the whole available balance; prints counts",
+        run=_pay_sellers,
+        every="payout_interval",
+        enabled_by="payouts_enabled",
+        needs_psp=True,
+        time_limit=timedelta(hours=6),  # 100,000 sellers due at once: one PSP call each
     ),
 )
 

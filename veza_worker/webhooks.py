@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row
 
-from veza_worker import db, disputes, errors, events, ledger, orders, refunds
+from veza_worker import db, disputes, errors, events, ledger, orders, payouts, refunds
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import invoices
 
@@ -68,6 +68,7 @@ HANDLERS: dict[str, Handler] = {
         ],
         disputes.handle_dispute,
     ),
+    **dict.fromkeys(payouts.EVENTS, payouts.handle_payout),
 }
 
 
