@@ -60,5 +60,5 @@ def last_state(conn: db.Connection) -> dict[str, Any]:
 
 
 def last_violations(conn: db.Connection) -> int | None:
-    row = conn.execute(QUERIES["last_audit"]).fetchone()
-    return None if row is None else int(row[1])
+    violations = last_state(conn)["violations"]
+    return None if violations is None else int(violations)

@@ -28,8 +28,6 @@ class Kind(StrEnum):
     REFUND_SUCCEEDED_AFTER_FAILED = "refund_succeeded_after_failed"
     DISPUTE_UNASSIGNED = "dispute_unassigned"  # a dispute amount no items cover
     AUTOMATIC_REFUND_FAILED = "automatic_refund_failed"  # money we must give back is still ours
-    RECONCILE_GAVE_UP = "reconcile_gave_up"
-    RECONCILE_STILL_PENDING = "reconcile_still_pending"
     PAYOUT_AMOUNT_MISMATCH = "payout_amount_mismatch"  # the PSP's payout is not the one we made
     PAYOUT_DUPLICATE_AT_PSP = "payout_duplicate_at_psp"  # two PSP payouts under one reference of ours
     PAYOUT_FAILED_AFTER_PAID = "payout_failed_after_paid"  # the PSP reported success, then a failure
@@ -90,8 +88,3 @@ def resolve(conn: db.Connection, discrepancy_id: int, *, by: str, note: str) -> 
     if found is None:
         raise errors.NotFound(f"discrepancy {discrepancy_id} not found")
     raise errors.DomainError(f"discrepancy {discrepancy_id} is already resolved")
-
-
-def open_count(conn: db.Connection) -> int:
-    row = conn.execute(QUERIES["open_count"]).fetchone()
-    return int(row[0]) if row else 0

@@ -25,6 +25,3 @@ RETURNING id, kind, order_id, invoice_id, refund_id, dispute_id, payout_id, amou
 
 -- discrepancy_exists --
 SELECT resolved_at IS NOT NULL FROM discrepancies WHERE id = %(id)s;
-
--- open_count --
-SELECT count(*) FROM discrepancies WHERE resolved_at IS NULL;

@@ -144,11 +144,6 @@ def post(conn: db.Connection, posting: Posting) -> bool:
     return posted
 
 
-def is_posted(conn: db.Connection, key: str) -> bool:
-    row = conn.execute(QUERIES["posted"], {"key": key}).fetchone()
-    return bool(row and row[0])
-
-
 def entries_of(conn: db.Connection, key: str) -> dict[str, int]:
     """A posted movement's entries (one currency per movement), empty when it was never posted."""
     return {

@@ -45,9 +45,6 @@ SELECT e.account, e.currency, e.amount
  WHERE t.key = %(key)s
  ORDER BY e.id;
 
--- posted --
-SELECT EXISTS (SELECT 1 FROM ledger_transactions WHERE key = %(key)s);
-
 -- order_held --
 -- What each seller of an order still holds from it: what the order's hold release moves.
 SELECT split_part(e.account, ':', 2)::uuid AS seller_id, e.currency, sum(e.amount)::bigint AS amount
