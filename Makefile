@@ -10,7 +10,9 @@ PYTHON ?= python3
 debian = command -v $(1) >/dev/null || [ -x /usr/sbin/$(1) ] || (apt-get update -qq && \
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2) >/dev/null)
 
-.PHONY: install services run test lint check bench bench-audit bench-console bench-payouts bench-renew bench-sweeps bench-worker
+BENCHES := audit console payouts renew sweeps worker
+
+.PHONY: install services run test lint check bench $(BENCHES:%=bench-%)
 
 install: $(VENV)/.installed
 
@@ -49,21 +51,7 @@ bench: install services
 	$(call debian,wrk,wrk)
 	$(BIN)/python bench/receiver
 
-bench-console: install services
-	$(BIN)/python bench/console
-
-bench-renew: install services
-	$(BIN)/python bench/renew
-
-bench-sweeps: install services
-	$(call debian,wrk,wrk)
-	$(BIN)/python bench/sweeps
-
-bench-worker: install services
-	$(BIN)/python bench/worker
-
-bench-audit: install services
-	$(BIN)/python bench/audit
-
-bench-payouts: install services
-	$(BIN)/python bench/payouts
+# bench-NAME runs bench/NAME; the sweeps' benchmark drives the receiver with wrk, as `make bench` does.
+$(BENCHES:%=bench-%): bench-%: install services
+	$(if $(filter sweeps,$*),$(call debian,wrk,wrk))
+	$(BIN)/python bench/$*

@@ -119,10 +119,16 @@ def _now() -> str:
 
 
 async def _guard(
-    request: Request, fake: FakeHyperswitch, route: str, schema: str | None = None
+    request: Request,
+    fake: FakeHyperswitch,
+    route: str,
+    schema: str | None = None,
+    *,
+    query: frozenset[str] | None = None,
 ) -> tuple[Any, Response | None]:
-    """Record the call, check the api-key, play a scripted failure, check the body against the
-    spec's `schema`; the parsed body, and the response that refuses it if any."""
+    """Record the call, check the api-key, play a scripted failure, refuse a query field not in
+    `query` (when given), check the body against the spec's `schema`; the parsed body, and the
+    response that refuses it if any."""
     body = json.loads(await request.body() or b"null")
     fake.calls.append(Call(request.method, request.url.path, dict(request.headers), body, request.url.query))
     if request.headers.get("api-key") != fake.api_key:
@@ -134,7 +140,14 @@ async def _guard(
     scripted = fake.failures.get(route)
     if scripted and not scripted[0].acted:
         return body, await _fail(scripted.pop(0))
+    if query is not None and set(request.query_params) - query:
+        return body, _unknown_field(set(request.query_params) - query)
     return body, None if schema is None else _invalid(fake, schema, body)
+
+
+def _unknown_field(unknown: set[str]) -> Response:
+    """The server's answer to a field its type does not declare (serde's deny_unknown_fields)."""
+    return _error(400, "IR_06", f"Json deserialize error: unknown field `{sorted(unknown)[0]}`")
 
 
 async def _fail(failure: Failure) -> Response:
@@ -451,22 +464,15 @@ def dispute(
     return current
 
 
+_DISPUTE_LIST_QUERY = frozenset({"limit", "offset", "dispute_status", "dispute_stage", "reason", "connector"})
+
+
 async def list_disputes(request: Request) -> Response:
     """A bare array; like the server's DisputeListGetConstraints, unknown query fields are refused."""
     fake: FakeHyperswitch = request.app.state.fake
-    _, refused = await _guard(request, fake, "GET /disputes/list")
+    _, refused = await _guard(request, fake, "GET /disputes/list", query=_DISPUTE_LIST_QUERY)
     if refused is not None:
         return refused
-    unknown = set(request.query_params) - {
-        "limit",
-        "offset",
-        "dispute_status",
-        "dispute_stage",
-        "reason",
-        "connector",
-    }
-    if unknown:
-        return _error(400, "IR_06", f"Json deserialize error: unknown field `{sorted(unknown)[0]}`")
     limit = int(request.query_params.get("limit", "100"))
     listed = [d for d in fake.disputes.values() if d["dispute_id"] not in fake.unlisted]
     return JSONResponse(listed[:limit])
@@ -628,12 +634,9 @@ def settle_payout(
 
 async def get_payout(request: Request) -> Response:
     fake: FakeHyperswitch = request.app.state.fake
-    _, refused = await _guard(request, fake, "GET /payouts")
+    _, refused = await _guard(request, fake, "GET /payouts", query=frozenset({"force_sync"}))
     if refused is not None:
         return refused
-    unknown = set(request.query_params) - {"force_sync"}
-    if unknown:
-        return _error(400, "IR_06", f"Json deserialize error: unknown field `{sorted(unknown)[0]}`")
     found = fake.payouts.get(request.path_params["payout_id"])
     if found is None:
         return _error(404, "HE_02", "Payout does not exist in our records")
@@ -671,7 +674,7 @@ def _invalid_list(fake: FakeHyperswitch, body: Any) -> Response | None:
     unknown = set(body) - openapi.properties("PayoutListFilterConstraints")
     if unknown:
         fake.violations.append(f"<root>: unknown field {sorted(unknown)[0]!r}")
-        return _error(400, "IR_06", f"Json deserialize error: unknown field `{sorted(unknown)[0]}`")
+        return _unknown_field(unknown)
     refused = _invalid(fake, "PayoutListFilterConstraints", {**_LIST_NOT_REQUIRED, **body})
     if refused is None and body.get("limit", 10) > 20:
         fake.violations.append("limit: over 20")

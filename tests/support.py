@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -204,6 +205,24 @@ def run_cli(*args: str, settings: Settings | None = None, **env: str) -> subproc
     configured.update(env)
     command = [sys.executable, "-m", "veza_worker.cli", *args]
     return subprocess.run(command, env=configured, capture_output=True, text=True, timeout=60)
+
+
+def clock_until(database_url: str, line: str) -> str:
+    """`veza-worker clock` in a child process until it logs a line containing `line`, then SIGTERM:
+    it must exit 0. What it logged after that line."""
+    env = {**os.environ, "DATABASE_URL": database_url}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "veza_worker.cli", "clock"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stderr is not None
+    started = time.monotonic()
+    while line not in process.stderr.readline():
+        assert time.monotonic() - started < 20 and process.poll() is None
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 0
+    rest = process.stderr.read()
+    process.stderr.close()
+    return rest
 
 
 def at_once(*calls: Callable[[], None]) -> None:

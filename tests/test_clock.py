@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -17,7 +13,7 @@ import psycopg
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from tests.support import SECRET, envelope
+from tests.support import SECRET, clock_until, envelope
 from veza_worker import clock, events, webhooks
 from veza_worker.settings import Settings
 
@@ -111,16 +107,6 @@ def test_two_clocks_still_enqueue_each_stuck_row_once(
 
 
 def test_the_clock_process_stops_cleanly_on_sigterm(database_url: str) -> None:
-    env = {**os.environ, "DATABASE_URL": database_url}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "veza_worker.cli", "clock"], env=env, stderr=subprocess.PIPE, text=True
-    )
-    assert process.stderr is not None
-    started = time.monotonic()
-    while "clock scheduled retention" not in process.stderr.readline():
-        assert time.monotonic() - started < 20 and process.poll() is None
-    process.send_signal(signal.SIGTERM)
+    logged = clock_until(database_url, "clock scheduled retention")
 
-    assert process.wait(timeout=10) == 0
-    assert "clock stopping on signal 15" in process.stderr.read()
-    process.stderr.close()
+    assert "clock stopping on signal 15" in logged

@@ -14,6 +14,7 @@ from veza_worker import actors, db, events, webhooks
 from veza_worker.settings import Settings
 
 
+@pytest.mark.usefixtures("worker")
 @pytest.mark.parametrize(
     ("body", "result"),
     [
@@ -65,7 +66,6 @@ def test_bodies_that_cannot_be_applied_end_with_a_final_result_and_no_retry(
     receiver: str,
     conn: psycopg.Connection[Any],
     broker: dramatiq.Broker,
-    worker: dramatiq.Worker,
     body: bytes,
     result: str,
 ) -> None:
@@ -91,11 +91,11 @@ def counting_handler(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     yield applied
 
 
+@pytest.mark.usefixtures("worker")
 def test_one_event_delivered_three_times_is_applied_once(
     receiver: str,
     conn: psycopg.Connection[Any],
     broker: dramatiq.Broker,
-    worker: dramatiq.Worker,
     counting_handler: list[str],
 ) -> None:
     body = envelope("test_event", "evt_once")
@@ -156,6 +156,7 @@ def test_the_same_message_consumed_twice_at_once_is_applied_once(
     assert log_rows(conn)[0]["processing_result"] == "ok"
 
 
+@pytest.mark.usefixtures("worker")
 @pytest.mark.parametrize(
     ("failure", "runs", "result"),
     [
@@ -174,7 +175,6 @@ def test_the_same_message_consumed_twice_at_once_is_applied_once(
 def test_a_transient_failure_is_retried_and_a_deterministic_one_ends_at_once(
     conn: psycopg.Connection[Any],
     broker: dramatiq.Broker,
-    worker: dramatiq.Worker,
     monkeypatch: pytest.MonkeyPatch,
     failure: Exception,
     runs: int,
@@ -204,11 +204,11 @@ def test_a_transient_failure_is_retried_and_a_deterministic_one_ends_at_once(
     assert conn.execute("SELECT count(*) FROM subscription_plans").fetchone() == (0,)
 
 
+@pytest.mark.usefixtures("worker")
 def test_a_handler_that_fails_once_succeeds_on_retry(
     receiver: str,
     conn: psycopg.Connection[Any],
     broker: dramatiq.Broker,
-    worker: dramatiq.Worker,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: list[int] = []

@@ -139,11 +139,11 @@ def assert_completed_once(conn: psycopg.Connection[Any], order_id: uuid.UUID) ->
     ]
 
 
+@pytest.mark.usefixtures("worker")
 def test_payment_succeeded_completes_the_order_once_with_licenses_credits_and_transfers(
     receiver: str,
     conn: psycopg.Connection[Any],
     broker: dramatiq.Broker,
-    worker: dramatiq.Worker,
     paid_order: tuple[uuid.UUID, str],
 ) -> None:
     order_id, payment_id = paid_order
@@ -321,11 +321,11 @@ def test_a_payment_event_without_a_payment_id_is_an_error(
     assert process(settings, log_id) == "error: missing payment_id"
 
 
+@pytest.mark.usefixtures("worker")
 def test_an_unknown_payment_is_retried_until_our_order_commits(
     receiver: str,
     conn: psycopg.Connection[Any],
     broker: dramatiq.Broker,
-    worker: dramatiq.Worker,
 ) -> None:
     payment_id = hyperswitch.merchant_id("pay", uuid.uuid4())
     post_webhook(receiver, webhook_body("payment_succeeded", payment(payment_id, 4599)))

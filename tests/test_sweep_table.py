@@ -4,13 +4,9 @@ alert rules all follow; and when a sweep counts as overdue (from the clock's fir
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import time
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -24,7 +20,7 @@ import yaml
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import make_order, row, rows, run_cli
+from tests.support import clock_until, make_order, row, rows, run_cli
 from veza_worker import actors, automatic_refunds, cli, clock, metrics, ops, sweeps
 from veza_worker.settings import Settings
 
@@ -168,17 +164,7 @@ def test_a_sweep_that_never_ran_is_overdue_only_two_intervals_after_the_clock_st
 
 def test_the_clock_process_records_its_first_start(database_url: str, conn: psycopg.Connection[Any]) -> None:
     for _ in range(2):
-        env = {**os.environ, "DATABASE_URL": database_url}
-        process = subprocess.Popen(
-            [sys.executable, "-m", "veza_worker.cli", "clock"], env=env, stderr=subprocess.PIPE, text=True
-        )
-        assert process.stderr is not None
-        started = time.monotonic()
-        while "clock first started at" not in process.stderr.readline():
-            assert time.monotonic() - started < 20 and process.poll() is None
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == 0
-        process.stderr.close()
+        clock_until(database_url, "clock first started at")
 
     [clock_row] = rows(conn, "SELECT first_started_at FROM clock_start")
     assert datetime.now(UTC) - clock_row["first_started_at"] < timedelta(minutes=1)
