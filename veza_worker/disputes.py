@@ -282,11 +282,12 @@ def _took_items(conn: db.Connection, dispute: Dispute) -> bool:
 
 def _follow(conn: db.Connection, order: orders.Order) -> None:
     """The order's status follows the facts; its transfers wait while any dispute is open."""
-    status = orders.follow_facts(conn, order.id)
-    if status == orders.Status.DISPUTED:
-        conn.execute(QUERIES["hold_transfers"], {"order_id": order.id})
+    held, pending = orders.TransferStatus.ON_HOLD, orders.TransferStatus.PENDING
+    if orders.follow_facts(conn, order.id) == orders.Status.DISPUTED:
+        moves = {"order_id": order.id, "from_status": pending, "to_status": held}
     else:
-        conn.execute(QUERIES["release_transfers"], {"order_id": order.id})
+        moves = {"order_id": order.id, "from_status": held, "to_status": pending}
+    conn.execute(QUERIES["move_transfers"], moves)
 
 
 def _apply_to_invoice(conn: db.Connection, invoice_id: uuid.UUID, dispute: Dispute, new: Report) -> bool:

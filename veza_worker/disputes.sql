@@ -22,17 +22,13 @@ UPDATE disputes
        updated_at = now()
  WHERE id = %(id)s;
 
--- hold_transfers --
+-- move_transfers --
+-- The order's transfers in one status move to another: pending → on_hold while a dispute is
+-- open, back when none is.
 UPDATE seller_transfers
-   SET status = 'on_hold', updated_at = now()
+   SET status = %(to_status)s, updated_at = now()
  WHERE order_id = %(order_id)s
-   AND status = 'pending';
-
--- release_transfers --
-UPDATE seller_transfers
-   SET status = 'pending', updated_at = now()
- WHERE order_id = %(order_id)s
-   AND status = 'on_hold';
+   AND status = %(from_status)s;
 
 -- reverse_open_transfers --
 -- A chargeback: what the order still owes its sellers is reversed; a transfer a paid payout

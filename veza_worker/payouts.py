@@ -468,21 +468,31 @@ def _move(conn: db.Connection, payout: Payout, status: str, message: str) -> str
     return "ok"
 
 
+# Where each end leads: the row's mark, the ledger movement, what becomes of the transfers it carries.
+_ENDS: dict[Status, tuple[str, Callable[[uuid.UUID, uuid.UUID, str, int], ledger.Posting], str]] = {
+    Status.PAID: ("mark_paid", ledger.payout_paid, "complete_transfers"),
+    Status.FAILED: ("mark_failed", ledger.payout_failed, "free_transfers"),
+    Status.REVERSED: ("mark_reversed", ledger.payout_reversed, "free_transfers"),
+}
+
+
+def _end(conn: db.Connection, payout: Payout, status: Status, message: str | None = None) -> None:
+    mark, posting, transfers = _ENDS[status]
+    conn.execute(QUERIES[mark], {"id": payout.id, "error_message": message})
+    ledger.post(conn, posting(payout.id, payout.seller_id, payout.currency, payout.amount))
+    conn.execute(QUERIES[transfers], {"payout_id": payout.id})
+    metrics.payout(status)
+
+
 def _pay(conn: db.Connection, payout: Payout) -> None:
-    conn.execute(QUERIES["mark_paid"], {"id": payout.id})
-    ledger.post(conn, ledger.payout_paid(payout.id, payout.seller_id, payout.currency, payout.amount))
-    conn.execute(QUERIES["complete_transfers"], {"payout_id": payout.id})
-    metrics.payout(Status.PAID)
+    _end(conn, payout, Status.PAID)
     log.info(
         "payout %s paid: %d %s to seller %s", payout.id, payout.amount, payout.currency, payout.seller_id
     )
 
 
 def _fail(conn: db.Connection, payout: Payout, message: str) -> None:
-    conn.execute(QUERIES["mark_failed"], {"id": payout.id, "error_message": message})
-    ledger.post(conn, ledger.payout_failed(payout.id, payout.seller_id, payout.currency, payout.amount))
-    conn.execute(QUERIES["free_transfers"], {"payout_id": payout.id})
-    metrics.payout(Status.FAILED)
+    _end(conn, payout, Status.FAILED, message)
     log.warning(
         "payout %s failed (%s): %d %s back to seller %s's available",
         payout.id,
@@ -494,10 +504,7 @@ def _fail(conn: db.Connection, payout: Payout, message: str) -> None:
 
 
 def _reverse(conn: db.Connection, payout: Payout, message: str) -> None:
-    conn.execute(QUERIES["mark_reversed"], {"id": payout.id, "error_message": message})
-    ledger.post(conn, ledger.payout_reversed(payout.id, payout.seller_id, payout.currency, payout.amount))
-    conn.execute(QUERIES["free_transfers"], {"payout_id": payout.id})
-    metrics.payout(Status.REVERSED)
+    _end(conn, payout, Status.REVERSED, message)
     log.warning(
         "payout %s reversed: the bank returned %d %s; back to seller %s's available",
         payout.id,
@@ -521,30 +528,41 @@ def _amount_differs(payout: Payout, obj: Mapping[str, Any]) -> bool:
     return wrong_amount or (isinstance(currency, str) and currency != payout.currency)
 
 
-def _mismatch(conn: db.Connection, payout: Payout, obj: Mapping[str, Any]) -> str:
+def _flag(
+    conn: db.Connection, payout: Payout, kind: discrepancies.Kind, detail: str, subject: str = ""
+) -> None:
+    """A discrepancy about this payout, its amount and currency, for a person to resolve."""
     discrepancies.open_one(
         conn,
+        kind,
+        detail,
+        payout_id=payout.id,
+        subject=subject,
+        amount=payout.amount,
+        currency=payout.currency,
+    )
+
+
+def _mismatch(conn: db.Connection, payout: Payout, obj: Mapping[str, Any]) -> str:
+    _flag(
+        conn,
+        payout,
         discrepancies.Kind.PAYOUT_AMOUNT_MISMATCH,
         f"payout {payout.id} of {payout.amount} {payout.currency}: the payment provider's payout"
         f" {obj.get('payout_id')} is for {obj.get('amount')!r} {obj.get('currency')!r}; nothing applied",
-        payout_id=payout.id,
-        amount=payout.amount,
-        currency=payout.currency,
     )
     return "error: payout amount mismatch"
 
 
 def _duplicate(conn: db.Connection, payout: Payout, psp_id: str) -> str:
     """A second PSP payout under our reference: one of them must not exist. Nothing moves."""
-    discrepancies.open_one(
+    _flag(
         conn,
+        payout,
         discrepancies.Kind.PAYOUT_DUPLICATE_AT_PSP,
         f"payout {payout.id} is {payout.hyperswitch_payout_id} at the payment provider, which also"
         f" holds {psp_id} under our reference {payout.merchant_reference}: the seller may be paid twice",
-        payout_id=payout.id,
         subject=psp_id,
-        amount=payout.amount,
-        currency=payout.currency,
     )
     return "skipped: another payment provider payout under our reference"
 
@@ -552,14 +570,12 @@ def _duplicate(conn: db.Connection, payout: Payout, psp_id: str) -> str:
 def _failed_after_paid(conn: db.Connection, payout: Payout, status: str) -> None:
     """The PSP contradicts itself (a reversal is how a bank returns a paid payout): a person reads
     the payout at the PSP and posts what really happened."""
-    discrepancies.open_one(
+    _flag(
         conn,
+        payout,
         discrepancies.Kind.PAYOUT_FAILED_AFTER_PAID,
         f"payout {payout.id} ({payout.hyperswitch_payout_id}) was reported success, now {status}:"
         " kept paid, nothing moved",
-        payout_id=payout.id,
-        amount=payout.amount,
-        currency=payout.currency,
     )
 
 
@@ -573,27 +589,23 @@ def adopt(conn: db.Connection, payout: Payout, obj: Mapping[str, Any]) -> None:
 
 def unknown_to_psp(conn: db.Connection, payout: Payout) -> None:
     """The PSP gave us an id it no longer knows: the money stays in transit until a person looks."""
-    discrepancies.open_one(
+    _flag(
         conn,
+        payout,
         discrepancies.Kind.PAYOUT_UNKNOWN_TO_PSP,
         f"payout {payout.id} was created at the payment provider as {payout.hyperswitch_payout_id},"
         " which it now says does not exist; its money stays in transit",
-        payout_id=payout.id,
-        amount=payout.amount,
-        currency=payout.currency,
     )
 
 
 def duplicated_at_psp(conn: db.Connection, payout: Payout, found: Sequence[Mapping[str, Any]]) -> None:
     ids = ", ".join(str(p.get("payout_id")) for p in found)
-    discrepancies.open_one(
+    _flag(
         conn,
+        payout,
         discrepancies.Kind.PAYOUT_DUPLICATE_AT_PSP,
         f"payout {payout.id}: the payment provider holds {len(found)} payouts ({ids}) under our"
         f" reference {payout.merchant_reference}: the seller may be paid twice; nothing applied",
-        payout_id=payout.id,
-        amount=payout.amount,
-        currency=payout.currency,
     )
 
 

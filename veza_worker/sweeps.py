@@ -60,11 +60,11 @@ class Context:
 @dataclass(frozen=True)
 class Sweep:
     name: str  # sweep_runs.name, the metrics' `sweep` label, the clock's job id
-    command: str  # `veza-worker <command>`: one run now, its counts printed
     actor: str  # the Dramatiq actor's name, which queued messages carry: never renamed
     help: str
     run: Callable[[Context], dict[str, Any]]
     every: timedelta | str  # a fixed interval, or the Settings field that holds it
+    command: str = ""  # `veza-worker <command>`: one run now, its counts printed; "": the name, with dashes
     cron: str | None = None  # a crontab line (UTC) the clock follows instead; `every` still sets overdue
     enabled_by: str | None = None  # a boolean Settings field: false, no clock runs it, none expects it
     needs_psp: bool = False  # without a PSP the actor skips it (WARNING) and the command exits 1
@@ -73,6 +73,8 @@ class Sweep:
     time_limit: timedelta = timedelta(minutes=10)  # Dramatiq's default
 
     def __post_init__(self) -> None:
+        if not self.command:
+            object.__setattr__(self, "command", self.name.replace("_", "-"))
         for field in (self.every, self.enabled_by):
             if isinstance(field, str) and field not in _SETTINGS:
                 raise ValueError(f"sweep {self.name}: Settings has no field {field!r}")
@@ -132,7 +134,6 @@ def _pay_sellers(context: Context) -> dict[str, Any]:
 SWEEPS: tuple[Sweep, ...] = (
     Sweep(
         "reconcile",
-        command="reconcile",
         actor="reconcile",
         help="one reconciliation tick now; prints per-phase counts",
         run=_reconcile,
@@ -143,7 +144,6 @@ SWEEPS: tuple[Sweep, ...] = (
     ),
     Sweep(
         "redrive",
-        command="redrive",
         actor="redrive_webhooks",
         help="enqueue again webhook rows still queued after 2 minutes",
         run=_redrive,
@@ -161,7 +161,6 @@ SWEEPS: tuple[Sweep, ...] = (
     ),
     Sweep(
         "trial_end",
-        command="trial-end",
         actor="end_trials",
         help="one trial-end sweep now: trials past their end → pending_payment, invoice, PSP payment",
         run=_trial_end,
@@ -170,7 +169,6 @@ SWEEPS: tuple[Sweep, ...] = (
     ),
     Sweep(
         "renew",
-        command="renew",
         actor="renew_subscriptions",
         help="one renew sweep now: period-end cancels, renewals, dunning; prints counts",
         run=_renew,
@@ -179,7 +177,6 @@ SWEEPS: tuple[Sweep, ...] = (
     ),
     Sweep(
         "automatic_refunds",
-        command="automatic-refunds",
         actor="send_automatic_refunds",
         help="send the automatic refunds not sent yet (the outbox's fallback); prints counts",
         run=_automatic_refunds,
@@ -187,7 +184,6 @@ SWEEPS: tuple[Sweep, ...] = (
     ),
     Sweep(
         "audit",
-        command="audit",
         actor="audit_ledger",
         help="check the ledger against itself and every money fact we hold; exit 1 naming what is wrong",
         run=_audit,
@@ -198,7 +194,6 @@ SWEEPS: tuple[Sweep, ...] = (
     ),
     Sweep(
         "pay_sellers",
-        command="pay-sellers",
         actor="pay_sellers",
         help="one payout sweep now: holds past their refund window released, then one payout per seller"
         " and currency of the whole available balance; prints counts",
