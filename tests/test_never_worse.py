@@ -12,21 +12,9 @@ import dramatiq
 import psycopg
 import pytest
 
+from tests import support
 from tests.factories import order_status, stuck_order
 from tests.fake_hyperswitch import Failure, FakeHyperswitch
-from tests.support import (
-    SECRET,
-    at_once,
-    envelope,
-    log_rows,
-    make_order,
-    make_pending_refund,
-    post_webhook,
-    process,
-    row,
-    rows,
-    store_event,
-)
 from veza_worker import hyperswitch, orders, reconcile
 from veza_worker.settings import Settings
 
@@ -62,15 +50,15 @@ def test_a_wrong_api_key_or_url_changes_no_row(
 ) -> None:
     a_paid_order(conn, client, fake)
     pending = [stuck_order(conn, client, fake, "requires_payment_method")[0] for _ in range(4)]
-    refund_id = make_pending_refund(conn, a_paid_order(conn, client, fake))
+    refund_id = support.make_pending_refund(conn, a_paid_order(conn, client, fake))
     conn.execute("UPDATE refunds SET created_at = now() - interval '1 hour' WHERE id = %s", [refund_id])
     fake.misconfigured = mode
 
     counts = tick(conn, client, psp_settings)
 
     assert [order_status(conn, o) for o in pending] == ["pending"] * 4
-    assert row(conn, "SELECT status FROM refunds")["status"] == "pending"
-    assert log_rows(conn) == []  # nothing synthesized
+    assert support.row(conn, "SELECT status FROM refunds")["status"] == "pending"
+    assert support.log_rows(conn) == []  # nothing synthesized
     if mode == "he_02":
         assert counts["orders"] == {"checked": 4, "psp_misconfigured": 4}
         assert counts["orphan_refunds"] == {"checked": 1, "psp_misconfigured": 1}
@@ -115,7 +103,7 @@ def test_stuck_counts_from_the_payment_creation_not_the_order_creation(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, psp_settings: Settings
 ) -> None:
     a_paid_order(conn, client, fake)
-    order_id = make_order(conn, [(SELLERS[0], 500)])
+    order_id = support.make_order(conn, [(SELLERS[0], 500)])
     conn.execute("UPDATE orders SET created_at = now() - interval '3 hours' WHERE id = %s", [order_id])
     fake.fail_next("POST /payments", Failure(status=502))  # confirm-order's create is lost on the way
     with pytest.raises(Exception, match="will be reconciled"):
@@ -123,7 +111,9 @@ def test_stuck_counts_from_the_payment_creation_not_the_order_creation(
 
     assert tick(conn, client, psp_settings)["orders"] == {"checked": 0}  # its payment is seconds old
     assert order_status(conn, order_id) == "pending"
-    assert row(conn, "SELECT payment_created_at FROM orders WHERE id = %s", order_id)["payment_created_at"]
+    assert support.row(conn, "SELECT payment_created_at FROM orders WHERE id = %s", order_id)[
+        "payment_created_at"
+    ]
 
 
 def test_an_order_payment_never_final_is_cancelled_after_the_expiry_and_the_order_fails(
@@ -136,7 +126,7 @@ def test_an_order_payment_never_final_is_cancelled_after_the_expiry_and_the_orde
     assert counts["orders"] == {"checked": 1, "cancelled": 1}
     assert fake.payments[payment_id]["status"] == "cancelled"
     assert order_status(conn, order_id) == "failed"
-    assert rows(conn, "SELECT 1 FROM reconcile_state") == []  # settled rows are not remembered
+    assert support.rows(conn, "SELECT 1 FROM reconcile_state") == []  # settled rows are not remembered
 
 
 # -- rows that fail in our own code ----------------------------------------------------------------
@@ -171,13 +161,13 @@ def test_a_row_that_raises_is_given_up_after_three_ticks(
 def test_a_4kb_event_id_and_request_id_get_a_contract_answer_and_a_row(
     receiver: str, conn: psycopg.Connection[Any], broker: dramatiq.Broker, signed: bool
 ) -> None:
-    body = envelope(event_id="evt_" + "x" * 4096)
-    response = post_webhook(
-        receiver, body, secret=SECRET if signed else "wrong", **{"x-request-id": "r" * 4096}
+    body = support.envelope(event_id="evt_" + "x" * 4096)
+    response = support.post_webhook(
+        receiver, body, secret=support.SECRET if signed else "wrong", **{"x-request-id": "r" * 4096}
     )
 
     assert response.status_code == (200 if signed else 401)
-    [stored] = log_rows(conn)
+    [stored] = support.log_rows(conn)
     assert len(stored["event_id"]) == 4100 and len(stored["request_id"]) == 4096
 
 
@@ -185,16 +175,16 @@ def test_a_nul_in_a_refund_error_message_is_stored_cleaned(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, settings: Settings
 ) -> None:
     order_id = a_paid_order(conn, client, fake)
-    refund_id = make_pending_refund(conn, order_id)
-    psp_id = row(conn, "SELECT hyperswitch_refund_id FROM refunds")["hyperswitch_refund_id"]
+    refund_id = support.make_pending_refund(conn, order_id)
+    psp_id = support.row(conn, "SELECT hyperswitch_refund_id FROM refunds")["hyperswitch_refund_id"]
 
-    log_id = store_event(
+    log_id = support.store_event(
         conn, "refund_failed", {"refund_id": psp_id, "status": "failed", "error_message": "bad\x00card\udfff"}
     )
 
-    assert process(settings, log_id, final_attempt=False) == "ok"
+    assert support.process(settings, log_id, final_attempt=False) == "ok"
     assert (
-        row(conn, "SELECT error_message FROM refunds WHERE id = %s", refund_id)["error_message"]
+        support.row(conn, "SELECT error_message FROM refunds WHERE id = %s", refund_id)["error_message"]
         == "bad\ufffdcard\ufffd"
     )
 
@@ -212,19 +202,26 @@ def test_completions_and_refunds_sharing_sellers_never_deadlock(
     """50 rounds: one order completing while another is refunded, both paying the same two
     sellers, their items listed in opposite orders. Every writer locks balances by seller_id."""
     for n in range(50):
-        refunded = make_order(conn, [(SELLERS[1], 100), (SELLERS[0], 100)], payment_id=f"pay_r{n:025d}")
-        assert process(settings, store_event(conn, "payment_succeeded", paid(f"pay_r{n:025d}"))) == "ok"
-        make_pending_refund(conn, refunded, f"ref_r{n:025d}")
-        make_order(conn, [(SELLERS[0], 100), (SELLERS[1], 100)], payment_id=f"pay_c{n:025d}")
-        completion = store_event(conn, "payment_succeeded", paid(f"pay_c{n:025d}"))
-        refund = store_event(conn, "refund_succeeded", {"refund_id": f"ref_r{n:025d}", "status": "succeeded"})
+        refunded = support.make_order(
+            conn, [(SELLERS[1], 100), (SELLERS[0], 100)], payment_id=f"pay_r{n:025d}"
+        )
+        assert (
+            support.process(settings, support.store_event(conn, "payment_succeeded", paid(f"pay_r{n:025d}")))
+            == "ok"
+        )
+        support.make_pending_refund(conn, refunded, f"ref_r{n:025d}")
+        support.make_order(conn, [(SELLERS[0], 100), (SELLERS[1], 100)], payment_id=f"pay_c{n:025d}")
+        completion = support.store_event(conn, "payment_succeeded", paid(f"pay_c{n:025d}"))
+        refund = support.store_event(
+            conn, "refund_succeeded", {"refund_id": f"ref_r{n:025d}", "status": "succeeded"}
+        )
         results: list[Any] = []
 
         def apply(log_id: int, results: list[Any] = results) -> None:
-            results.append(process(settings, log_id, final_attempt=False))
+            results.append(support.process(settings, log_id, final_attempt=False))
 
-        at_once(lambda: apply(completion), lambda: apply(refund))  # noqa: B023 (joined before the next round)
+        support.at_once(lambda: apply(completion), lambda: apply(refund))  # noqa: B023 (joined before the next round)
         assert results == ["ok", "ok"], (n, results)
-    balances = rows(conn, "SELECT balance FROM seller_balances ORDER BY seller_id")
+    balances = support.rows(conn, "SELECT balance FROM seller_balances ORDER BY seller_id")
     assert [b["balance"] for b in balances] == [50 * 100, 50 * 100]
     assert not [r for r in caplog.records if "deadlock" in r.getMessage().lower()]

@@ -301,38 +301,23 @@ def one_payout(
     return the_payout(conn, SELLER_A), order_id
 
 
+# A payout the bank refused: failed, its money available again, its transfer pending for the next one.
+FAILED_BACK_TO_AVAILABLE = (
+    "failed",
+    ["created", "failed"],
+    {"available": 2000, "in_transit": 0},
+    ("pending", False),
+)
+
+
 @pytest.mark.parametrize(
     ("psp_statuses", "status", "steps", "accounts", "transfer"),
     [
         (["success"], "paid", ["created", "paid"], {"available": 0, "in_transit": 0}, ("completed", True)),
-        (
-            ["failed"],
-            "failed",
-            ["created", "failed"],
-            {"available": 2000, "in_transit": 0},
-            ("pending", False),
-        ),
-        (
-            ["cancelled"],
-            "failed",
-            ["created", "failed"],
-            {"available": 2000, "in_transit": 0},
-            ("pending", False),
-        ),
-        (
-            ["expired"],
-            "failed",
-            ["created", "failed"],
-            {"available": 2000, "in_transit": 0},
-            ("pending", False),
-        ),
-        (
-            ["ineligible"],
-            "failed",
-            ["created", "failed"],
-            {"available": 2000, "in_transit": 0},
-            ("pending", False),
-        ),
+        *[
+            ([psp_status], *FAILED_BACK_TO_AVAILABLE)
+            for psp_status in ("failed", "cancelled", "expired", "ineligible")
+        ],
         (
             ["success", "reversed"],
             "reversed",

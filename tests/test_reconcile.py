@@ -12,21 +12,9 @@ import dramatiq
 import psycopg
 import pytest
 
+from tests import support
 from tests.factories import SELLER, OwnConnections, order_status, stuck_order
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, settle_payment, settle_refund, webhook_body
-from tests.support import (
-    at_once,
-    join,
-    log_rows,
-    make_order,
-    make_pending_refund,
-    post_webhook,
-    process,
-    row,
-    rows,
-    run_cli,
-    store_event,
-)
 from veza_worker import hyperswitch, reconcile
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import commands
@@ -76,8 +64,8 @@ def test_a_stuck_order_is_synced_through_the_payment_handler_and_audited(
 
     assert counts["orders"] == {"checked": 1, "settled": 1}
     assert order_status(conn, order_id) == "completed"
-    assert len(rows(conn, "SELECT 1 FROM licenses")) == 2
-    [audit] = log_rows(conn)
+    assert len(support.rows(conn, "SELECT 1 FROM licenses")) == 2
+    [audit] = support.log_rows(conn)
     assert audit["user_agent"] == "veza-worker-reconciler" and audit["signature_valid"] is True
     assert audit["event_id"] is None and audit["event_type"] == "payment_succeeded"
     assert audit["processing_result"] == "ok" and audit["processed_at"] is not None
@@ -110,7 +98,7 @@ def test_recent_completed_and_unconfirmed_orders_are_left_alone(
     recent, _ = stuck_order(conn, client, fake, "succeeded", age="5 minutes")
     completed, _ = stuck_order(conn, client, fake, "succeeded")
     conn.execute("UPDATE orders SET status = 'completed' WHERE id = %s", [completed])
-    unconfirmed = make_order(conn, [(SELLER, 100)])
+    unconfirmed = support.make_order(conn, [(SELLER, 100)])
     conn.execute("UPDATE orders SET created_at = now() - interval '2 hours' WHERE id = %s", [unconfirmed])
 
     assert tick()["orders"] == {"checked": 0}
@@ -126,8 +114,8 @@ def test_a_psp_read_error_leaves_the_row_for_the_next_tick(
     fake.fail_next("GET /payments", Failure(status=503))
 
     assert tick()["orders"] == {"checked": 1, "psp_error": 1}
-    assert order_status(conn, order_id) == "pending" and log_rows(conn) == []
-    assert rows(conn, "SELECT 1 FROM reconcile_state") == []  # an error is no answer: no cool-down
+    assert order_status(conn, order_id) == "pending" and support.log_rows(conn) == []
+    assert support.rows(conn, "SELECT 1 FROM reconcile_state") == []  # an error is no answer: no cool-down
 
     assert tick()["orders"] == {"checked": 1, "settled": 1}  # a manual tick right after retries it
     assert order_status(conn, order_id) == "completed"
@@ -181,7 +169,7 @@ def test_two_ticks_in_parallel_check_each_row_once(
         with own_connections() as (own, own_client):
             totals.append(reconcile.tick(own, own_client, psp_settings)["orders"]["checked"])
 
-    at_once(*[run] * 3)
+    support.at_once(*[run] * 3)
 
     assert sum(totals) == 20 and len(gets(fake)) == 20
 
@@ -198,14 +186,14 @@ def test_a_late_real_webhook_after_reconciliation_is_a_visible_no_op(
     _, payment_id = stuck_order(conn, client, fake, "succeeded")
     tick()
 
-    post_webhook(receiver, webhook_body("payment_succeeded", fake.payments[payment_id]))
-    join(broker)
+    support.post_webhook(receiver, webhook_body("payment_succeeded", fake.payments[payment_id]))
+    support.join(broker)
 
-    assert [(r["user_agent"], r["processing_result"]) for r in log_rows(conn)] == [
+    assert [(r["user_agent"], r["processing_result"]) for r in support.log_rows(conn)] == [
         ("veza-worker-reconciler", "ok"),
         ("python-httpx/0.28.1", "skipped: order already completed"),
     ]
-    assert len(rows(conn, "SELECT 1 FROM licenses")) == 2
+    assert len(support.rows(conn, "SELECT 1 FROM licenses")) == 2
 
 
 # -- refunds ----------------------------------------------------------------------------------------
@@ -218,8 +206,8 @@ def refundable(conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: 
     def make(*, submitted: str | None, created: str = "1 hour", psp_status: str | None = None) -> Any:
         order_id, payment_id = stuck_order(conn, client, fake, "succeeded")
         conn.execute("UPDATE orders SET status = 'completed', completed_at = now() WHERE id = %s", [order_id])
-        refund_id = make_pending_refund(conn, order_id, hyperswitch.merchant_id("ref", uuid.uuid4()))
-        psp_id = row(conn, "SELECT hyperswitch_refund_id FROM refunds WHERE id = %s", refund_id)[
+        refund_id = support.make_pending_refund(conn, order_id, hyperswitch.merchant_id("ref", uuid.uuid4()))
+        psp_id = support.row(conn, "SELECT hyperswitch_refund_id FROM refunds WHERE id = %s", refund_id)[
             "hyperswitch_refund_id"
         ]
         conn.execute(
@@ -231,7 +219,9 @@ def refundable(conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: 
             client.create_refund(
                 refund_id=psp_id,
                 payment_id=payment_id,
-                amount=row(conn, "SELECT total_amount FROM orders WHERE id = %s", order_id)["total_amount"],
+                amount=support.row(conn, "SELECT total_amount FROM orders WHERE id = %s", order_id)[
+                    "total_amount"
+                ],
                 reason="duplicate",
                 idempotency_key="k",
                 metadata={},
@@ -249,7 +239,7 @@ def refundable(conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: 
 
 
 def refund_row(conn: psycopg.Connection[Any], refund_id: uuid.UUID) -> dict[str, Any]:
-    return row(conn, "SELECT * FROM refunds WHERE id = %s", refund_id)
+    return support.row(conn, "SELECT * FROM refunds WHERE id = %s", refund_id)
 
 
 def test_a_stuck_refund_is_synced(conn: psycopg.Connection[Any], refundable: Any, tick: Any) -> None:
@@ -341,7 +331,7 @@ def pending_subscription(conn: psycopg.Connection[Any], client: hyperswitch.Clie
 
 
 def subscription_status(conn: psycopg.Connection[Any]) -> str:
-    return str(row(conn, "SELECT status FROM user_subscriptions")["status"])
+    return str(support.row(conn, "SELECT status FROM user_subscriptions")["status"])
 
 
 def test_a_stuck_subscription_whose_payment_succeeded_is_activated(
@@ -352,7 +342,7 @@ def test_a_stuck_subscription_whose_payment_succeeded_is_activated(
     assert tick()["subscriptions"] == {"checked": 1, "settled": 1}
 
     assert subscription_status(conn) == "active"
-    assert row(conn, "SELECT status FROM subscription_invoices")["status"] == "paid"
+    assert support.row(conn, "SELECT status FROM subscription_invoices")["status"] == "paid"
 
 
 def test_a_stuck_subscription_whose_payment_the_psp_never_had_expires(
@@ -370,7 +360,7 @@ def test_a_stuck_unpaid_subscription_gets_its_missing_client_secret(
 
     assert tick()["subscriptions"] == {"checked": 1, "client_secret_stored": 1}
 
-    secret = row(conn, "SELECT client_secret FROM subscription_invoices")["client_secret"]
+    secret = support.row(conn, "SELECT client_secret FROM subscription_invoices")["client_secret"]
     assert secret == fake.payments[pending_subscription["payment_id"]]["client_secret"]
     assert subscription_status(conn) == "pending_payment"
 
@@ -405,7 +395,7 @@ def test_the_reconcile_command_prints_per_phase_counts(
 ) -> None:
     stuck_order(conn, client, fake, "succeeded")
 
-    done = run_cli("reconcile", settings=psp_settings)
+    done = support.run_cli("reconcile", settings=psp_settings)
 
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {
@@ -417,7 +407,7 @@ def test_the_reconcile_command_prints_per_phase_counts(
         "payouts": {"checked": 0},
         "disputes": {"checked": 0},
     }
-    without = run_cli("reconcile", settings=psp_settings, HYPERSWITCH_ENABLED="false")
+    without = support.run_cli("reconcile", settings=psp_settings, HYPERSWITCH_ENABLED="false")
     assert without.returncode == 1 and "payment provider not configured" in without.stderr
 
 
@@ -429,7 +419,7 @@ def test_an_order_that_a_real_webhook_settled_meanwhile_is_not_touched(
     psp_settings: Settings,
 ) -> None:
     order_id, payment_id = stuck_order(conn, client, fake, "succeeded")
-    process(psp_settings, store_event(conn, "payment_succeeded", fake.payments[payment_id]))
+    support.process(psp_settings, support.store_event(conn, "payment_succeeded", fake.payments[payment_id]))
 
     assert tick()["orders"] == {"checked": 0}
     assert gets(fake) == [] and order_status(conn, order_id) == "completed"

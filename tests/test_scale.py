@@ -99,30 +99,30 @@ def plan_nodes(
 DUE = datetime.now().astimezone() - timedelta(minutes=1)
 
 
+def claim_params(stuck_after: timedelta) -> dict[str, Any]:
+    """A reconciler claim's parameters: stuck for `stuck_after`, due, nothing tried yet."""
+    return {"stuck_after": stuck_after, "due_before": DUE, "tried": []}
+
+
 @pytest.mark.parametrize(
     ("query", "params", "table", "index"),
     [
-        (
-            reconcile.QUERIES["claim_order"],
-            {"stuck_after": timedelta(minutes=30), "due_before": DUE, "tried": []},
-            "orders",
-            "orders_stuck_idx",
-        ),
+        (reconcile.QUERIES["claim_order"], claim_params(timedelta(minutes=30)), "orders", "orders_stuck_idx"),
         (
             reconcile.QUERIES["claim_refund"],
-            {"stuck_after": timedelta(minutes=30), "due_before": DUE, "tried": []},
+            claim_params(timedelta(minutes=30)),
             "refunds",
             "refunds_stuck_idx",
         ),
         (
             reconcile.QUERIES["claim_orphan_refund"],
-            {"stuck_after": timedelta(minutes=5), "due_before": DUE, "tried": []},
+            claim_params(timedelta(minutes=5)),
             "refunds",
             "refunds_orphan_idx",
         ),
         (
             reconcile.QUERIES["claim_invoice"],
-            {"stuck_after": timedelta(minutes=30), "due_before": DUE, "tried": []},
+            claim_params(timedelta(minutes=30)),
             "subscription_invoices",
             "subscription_invoices_pending_idx",
         ),
