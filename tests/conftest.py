@@ -20,7 +20,7 @@ from receiver.app import create_app
 from tests import factories
 from tests.fake_hyperswitch import FakeHyperswitch, create_fake
 from tests.support import OLD_SECRET, PSP_API_KEY, SECRET, TEST_REDIS_URL, ServerThread, admin, url_for
-from veza_worker import db, hyperswitch
+from veza_worker import db, hyperswitch, reconcile
 from veza_worker.broker import broker as global_broker
 from veza_worker.settings import Settings
 
@@ -127,6 +127,17 @@ def client(psp: tuple[str, FakeHyperswitch]) -> Iterator[hyperswitch.Client]:
     psp_client = hyperswitch.Client(psp[0], PSP_API_KEY)
     yield psp_client
     psp_client.close()
+
+
+@pytest.fixture
+def tick(conn: psycopg.Connection[Any], client: hyperswitch.Client, psp_settings: Settings) -> factories.Tick:
+    """`tick(**overrides)`: one reconciler tick against the fake PSP, with those settings changed;
+    its per-phase counts."""
+
+    def run(**overrides: Any) -> dict[str, dict[str, Any]]:
+        return reconcile.tick(conn, client, replace(psp_settings, **overrides))
+
+    return run
 
 
 @pytest.fixture

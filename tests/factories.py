@@ -157,6 +157,7 @@ def order_status(conn: psycopg.Connection[Any], order_id: uuid.UUID) -> str:
 # -- a second process, in a thread ---------------------------------------------------------------------
 
 
+Tick = Callable[..., dict[str, dict[str, Any]]]  # the `tick` fixture: `tick(**settings_overrides)`
 OwnConnections = Callable[[], AbstractContextManager[tuple[psycopg.Connection[Any], hyperswitch.Client]]]
 
 

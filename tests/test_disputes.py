@@ -14,6 +14,7 @@ from tests.factories import (
     REFUND_WINDOW,
     SELLER_A,
     SELLER_B,
+    Tick,
     assert_audit_ok,
     balances,
     deliver,
@@ -27,7 +28,7 @@ from tests.factories import (
 )
 from tests.fake_hyperswitch import FakeHyperswitch, dispute, settle_payment
 from tests.support import SAMPLES, at_once, make_order, process, row, rows, run_cli, store, store_event
-from veza_worker import errors, hyperswitch, reconcile, refunds
+from veza_worker import errors, hyperswitch, refunds
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import commands
 
@@ -232,29 +233,27 @@ def test_a_lost_dispute_on_a_subscription_payment_cancels_it(
 
 def test_a_withheld_dispute_webhook_is_found_by_one_tick(
     conn: psycopg.Connection[Any],
-    client: hyperswitch.Client,
     fake: FakeHyperswitch,
     settings: Settings,
-    psp_settings: Settings,
+    tick: Tick,
 ) -> None:
     order_id = three_items(conn, settings, fake)
     dispute(fake, payment_of(conn, order_id), "dispute_opened")  # Hyperswitch gave up on its webhook
 
-    counts = reconcile.tick(conn, client, psp_settings)["disputes"]
+    counts = tick()["disputes"]
 
     assert counts == {"checked": 1, "settled": 1}
     assert state(conn, order_id) == DISPUTED
     [call] = fake.calls_to("GET", "/disputes/list")
     assert call.query == "limit=100"
-    assert reconcile.tick(conn, client, psp_settings)["disputes"] == {"checked": 1, "unchanged": 1}
+    assert tick()["disputes"] == {"checked": 1, "unchanged": 1}
 
 
 def test_a_dispute_closed_while_its_webhook_was_lost_is_found_through_its_get(
     conn: psycopg.Connection[Any],
-    client: hyperswitch.Client,
     fake: FakeHyperswitch,
     settings: Settings,
-    psp_settings: Settings,
+    tick: Tick,
 ) -> None:
     order_id = three_items(conn, settings, fake)
     opened = dispute(fake, payment_of(conn, order_id), "dispute_opened")
@@ -262,7 +261,7 @@ def test_a_dispute_closed_while_its_webhook_was_lost_is_found_through_its_get(
     moved(fake, opened, "dispute_lost")  # webhook lost
     fake.unlisted.add(opened["dispute_id"])  # and the list no longer shows it (older than its page)
 
-    counts = reconcile.tick(conn, client, psp_settings)["disputes"]
+    counts = tick()["disputes"]
 
     assert counts == {"checked": 1, "settled": 1}
     assert state(conn, order_id) == CHARGED_BACK

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from dataclasses import replace
 from typing import Any
 
 import dramatiq
@@ -18,14 +17,6 @@ from tests.fake_hyperswitch import Failure, FakeHyperswitch, settle_payment, set
 from veza_worker import hyperswitch, reconcile
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import commands
-
-
-@pytest.fixture
-def tick(conn: psycopg.Connection[Any], client: hyperswitch.Client, psp_settings: Settings) -> Any:
-    def run(**overrides: Any) -> dict[str, dict[str, int]]:
-        return reconcile.tick(conn, client, replace(psp_settings, **overrides))
-
-    return run
 
 
 def a_tick_later(conn: psycopg.Connection[Any]) -> None:
