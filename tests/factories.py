@@ -70,8 +70,7 @@ def paid_refunded_disputed(
     ]
     out = refunds.request(conn, client, order_id, BUYER, items=[b200], refund_window=REFUND_WINDOW)
     psp_settles(conn, settings, fake, out)
-    opened = dispute(fake, payment_of(conn, order_id), "dispute_opened", amount="800")
-    assert deliver(conn, settings, opened) == "ok"
+    opened = open_dispute(conn, settings, fake, order_id, amount="800")
     return {
         "order_id": order_id,
         "payment_id": payment_of(conn, order_id),
@@ -215,6 +214,20 @@ def deliver(
 ) -> str | None:
     """A dispute object's webhook, stored and applied."""
     return process(settings, store_event(conn, status or obj["dispute_status"], dict(obj)))
+
+
+def open_dispute(
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    fake: FakeHyperswitch,
+    order_id: uuid.UUID,
+    amount: str | None = None,
+) -> dict[str, Any]:
+    """A dispute opened at the PSP on the order's payment (all of it unless `amount`), its webhook
+    applied: the dispute object."""
+    opened = dispute(fake, payment_of(conn, order_id), "dispute_opened", amount=amount)
+    assert deliver(conn, settings, opened) == "ok"
+    return opened
 
 
 def moved(fake: FakeHyperswitch, opened: dict[str, Any], status: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from tests.factories import (
     deliver,
     make_plan,
     moved,
+    open_dispute,
     paid_out,
     payment_of,
     psp_settles,
@@ -94,8 +95,7 @@ def test_opened_then_lost_charges_back(
     conn: psycopg.Connection[Any], fake: FakeHyperswitch, settings: Settings
 ) -> None:
     order_id = three_items(conn, settings, fake)
-    opened = dispute(fake, payment_of(conn, order_id), "dispute_opened")
-    deliver(conn, settings, opened)
+    opened = open_dispute(conn, settings, fake, order_id)
 
     assert deliver(conn, settings, moved(fake, opened, "dispute_lost")) == "ok"
 
@@ -125,8 +125,7 @@ def test_a_dispute_after_a_payout_takes_a_debt_and_a_win_pays_it_back(
 ) -> None:
     order_id = three_items(conn, settings, fake)
     paid_out(conn, order_id, SELLER_A, 800)
-    opened = dispute(fake, payment_of(conn, order_id), "dispute_opened")
-    deliver(conn, settings, opened)
+    opened = open_dispute(conn, settings, fake, order_id)
     assert balances(conn) == {SELLER_A: (0, -800), SELLER_B: (0, 0)}  # A owes what the bank took
 
     deliver(conn, settings, moved(fake, opened, "dispute_won"))
@@ -256,8 +255,7 @@ def test_a_dispute_closed_while_its_webhook_was_lost_is_found_through_its_get(
     tick: Tick,
 ) -> None:
     order_id = three_items(conn, settings, fake)
-    opened = dispute(fake, payment_of(conn, order_id), "dispute_opened")
-    deliver(conn, settings, opened)
+    opened = open_dispute(conn, settings, fake, order_id)
     moved(fake, opened, "dispute_lost")  # webhook lost
     fake.unlisted.add(opened["dispute_id"])  # and the list no longer shows it (older than its page)
 

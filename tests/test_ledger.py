@@ -19,6 +19,7 @@ from tests.factories import (
     assert_audit_ok,
     deliver,
     moved,
+    open_dispute,
     payment_of,
     psp_settles,
     three_items,
@@ -181,8 +182,7 @@ def test_f1_a_lost_dispute_on_an_order_whose_refund_failed_charges_it_back(
 ) -> None:
     order_id = three_items(conn, settings, fake)
     out = refunds.request(conn, client, order_id, BUYER, refund_window=REFUND_WINDOW)
-    opened = dispute(fake, payment_of(conn, order_id), "dispute_opened")
-    assert deliver(conn, settings, opened) == "ok"  # while the refund is pending: posted all the same
+    opened = open_dispute(conn, settings, fake, order_id)  # while the refund is pending: posted all the same
     assert order_of(conn, order_id)[0] == "disputed"
     psp_settles(conn, settings, fake, out, "failed")
     assert order_of(conn, order_id)[0] == "disputed"
@@ -221,8 +221,7 @@ def test_f2_a_dashboard_refund_on_a_disputed_order_is_posted_against_its_items(
     conn: psycopg.Connection[Any], fake: FakeHyperswitch, settings: Settings
 ) -> None:
     order_id = three_items(conn, settings, fake)
-    opened = dispute(fake, payment_of(conn, order_id), "dispute_opened")
-    deliver(conn, settings, opened)
+    opened = open_dispute(conn, settings, fake, order_id)
     dashboard = refund_from_dashboard(fake, payment_of(conn, order_id), 1000, "succeeded")
 
     assert process(settings, store_event(conn, "refund_succeeded", dict(dashboard))) == "ok"

@@ -19,6 +19,7 @@ from tests.factories import (
     SELLER_A,
     SELLER_B,
     OwnConnections,
+    payment_of,
     psp_settles,
     state,
     three_items,
@@ -153,7 +154,7 @@ def test_the_psp_refusing_an_over_refund_fails_the_refund_with_its_message(
     psp_settings: Settings,
 ) -> None:
     order_id = three_items(conn, settings, fake)
-    payment_id = row(conn, "SELECT payment_id FROM orders WHERE id = %s", order_id)["payment_id"]
+    payment_id = payment_of(conn, order_id)
     refund_from_dashboard(fake, payment_id, 100, "succeeded")  # money already given back, unknown to us
 
     refused = run_cli("refund", str(order_id), "--by", str(BUYER), settings=psp_settings)
@@ -204,7 +205,7 @@ def test_a_dashboard_refund_of_the_whole_remaining_amount_has_the_full_effects(
 ) -> None:
     order_id = three_items(conn, settings, fake)
     psp_settles(conn, settings, fake, ask(conn, client, order_id, [item_ids(conn, order_id)[500]]))
-    payment_id = row(conn, "SELECT payment_id FROM orders WHERE id = %s", order_id)["payment_id"]
+    payment_id = payment_of(conn, order_id)
 
     dashboard = refund_from_dashboard(fake, payment_id, 500, "succeeded")
     log_id = store_event(conn, "refund_succeeded", dict(dashboard))
@@ -225,7 +226,7 @@ def test_a_dashboard_refund_of_another_amount_is_recorded_and_needs_a_human(
 ) -> None:
     order_id = three_items(conn, settings, fake)
     before = state(conn, order_id)
-    payment_id = row(conn, "SELECT payment_id FROM orders WHERE id = %s", order_id)["payment_id"]
+    payment_id = payment_of(conn, order_id)
 
     dashboard = refund_from_dashboard(fake, payment_id, 250, "succeeded")
     assert process(settings, store_event(conn, "refund_succeeded", dict(dashboard))) == "ok"
@@ -279,7 +280,7 @@ def test_the_invariant_holds_over_any_sequence_of_refunds(
     )
     order_id = three_items(conn, settings, fake)
     items = item_ids(conn, order_id)
-    payment_id = row(conn, "SELECT payment_id FROM orders WHERE id = %s", order_id)["payment_id"]
+    payment_id = payment_of(conn, order_id)
     for source, amounts, outcome in steps:
         if source == "ours":
             try:
