@@ -28,7 +28,7 @@ from tests.support import PSP_API_KEY, at_once, join, log_rows, process, row, ro
 from veza_worker import automatic_refunds, errors, hyperswitch
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import billing, commands
-from veza_worker.subscriptions import gate as feature_gate  # `gate` is this file's helper
+from veza_worker.subscriptions import gate as feature_gate  # `gate` is this file's fixture
 
 DAY = timedelta(days=1)
 

@@ -10,8 +10,19 @@ import dramatiq
 import psycopg
 import pytest
 
-from tests import support
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, settle_payment, webhook_body
+from tests.support import (
+    join,
+    log_rows,
+    make_order,
+    post_webhook,
+    process,
+    row,
+    rows,
+    run_cli,
+    store_event,
+    wait_for,
+)
 from veza_worker import automatic_refunds, errors, hyperswitch, orders
 from veza_worker.settings import Settings
 
@@ -36,9 +47,9 @@ def deliver(
     obj: dict[str, Any],
 ) -> str:
     """POST one signed delivery, wait for the worker, return the row's processing_result."""
-    log_id = support.post_webhook(receiver, webhook_body(event_type, obj)).json()["log_id"]
-    support.join(broker)
-    found = support.row(conn, "SELECT processing_result FROM hyperswitch_webhook_log WHERE id = %s", log_id)
+    log_id = post_webhook(receiver, webhook_body(event_type, obj)).json()["log_id"]
+    join(broker)
+    found = row(conn, "SELECT processing_result FROM hyperswitch_webhook_log WHERE id = %s", log_id)
     return str(found["processing_result"])
 
 
@@ -46,9 +57,7 @@ def deliver(
 def paid_order(conn: psycopg.Connection[Any]) -> tuple[uuid.UUID, str]:
     """A pending order of three items (two sellers) that reached the PSP."""
     payment_id = hyperswitch.merchant_id("pay", uuid.uuid4())
-    order_id = support.make_order(
-        conn, [(SELLER_A, 1000), (SELLER_A, 500), (SELLER_B, 3099)], payment_id=payment_id
-    )
+    order_id = make_order(conn, [(SELLER_A, 1000), (SELLER_A, 500), (SELLER_B, 3099)], payment_id=payment_id)
     return order_id, payment_id
 
 
@@ -58,14 +67,14 @@ def paid_order(conn: psycopg.Connection[Any]) -> tuple[uuid.UUID, str]:
 def test_confirm_order_stores_the_derived_payment_id_and_creates_the_psp_payment(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch
 ) -> None:
-    order_id = support.make_order(conn, [(SELLER_A, 4599)], currency="EUR")
+    order_id = make_order(conn, [(SELLER_A, 4599)], currency="EUR")
 
     out = orders.confirm(conn, client, order_id)
 
     assert out["payment_id"] == hyperswitch.merchant_id("pay", order_id)
     assert out["status"] == "pending"
     assert out["client_secret"] == fake.payments[out["payment_id"]]["client_secret"]
-    order = support.row(conn, "SELECT status, payment_id FROM orders WHERE id = %s", order_id)
+    order = row(conn, "SELECT status, payment_id FROM orders WHERE id = %s", order_id)
     assert order == {"status": "pending", "payment_id": out["payment_id"]}
     [call] = fake.calls
     assert call.headers["idempotency-key"] == str(order_id)
@@ -76,7 +85,7 @@ def test_confirm_order_stores_the_derived_payment_id_and_creates_the_psp_payment
 def test_confirm_order_twice_returns_the_same_payment(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch
 ) -> None:
-    order_id = support.make_order(conn, [(SELLER_A, 100)])
+    order_id = make_order(conn, [(SELLER_A, 100)])
     assert orders.confirm(conn, client, order_id) == orders.confirm(conn, client, order_id)
     assert len(fake.payments) == 1
 
@@ -84,14 +93,12 @@ def test_confirm_order_twice_returns_the_same_payment(
 def test_confirm_order_after_an_ambiguous_failure_keeps_the_payment_id_for_the_retry(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch
 ) -> None:
-    order_id = support.make_order(conn, [(SELLER_A, 100)])
+    order_id = make_order(conn, [(SELLER_A, 100)])
     fake.fail_next("POST /payments", Failure(status=502))
 
     with pytest.raises(errors.DomainError, match="payment provider unavailable, will be reconciled"):
         orders.confirm(conn, client, order_id)
-    assert (
-        support.row(conn, "SELECT payment_id FROM orders WHERE id = %s", order_id)["payment_id"] is not None
-    )
+    assert row(conn, "SELECT payment_id FROM orders WHERE id = %s", order_id)["payment_id"] is not None
     assert orders.confirm(conn, client, order_id)["client_secret"]
 
 
@@ -99,7 +106,7 @@ def test_confirm_order_after_an_ambiguous_failure_keeps_the_payment_id_for_the_r
 def test_confirm_order_refuses_an_order_that_is_not_pending(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, status: str
 ) -> None:
-    order_id = support.make_order(conn, [(SELLER_A, 100)], status=status)
+    order_id = make_order(conn, [(SELLER_A, 100)], status=status)
     with pytest.raises(errors.DomainError, match=f"is {status}, not pending"):
         orders.confirm(conn, client, order_id)
     assert fake.calls == []
@@ -116,21 +123,16 @@ def test_confirm_order_of_an_unknown_order_is_not_found(
 
 
 def assert_completed_once(conn: psycopg.Connection[Any], order_id: uuid.UUID) -> None:
-    order = support.row(
-        conn, "SELECT status, completed_at, refund_deadline FROM orders WHERE id = %s", order_id
-    )
+    order = row(conn, "SELECT status, completed_at, refund_deadline FROM orders WHERE id = %s", order_id)
     assert order["status"] == "completed"
     assert (order["refund_deadline"] - order["completed_at"]).days == 14
-    assert (
-        len(support.rows(conn, "SELECT 1 FROM licenses WHERE order_id = %s AND revoked_at IS NULL", order_id))
-        == 3
-    )
-    balances = support.rows(conn, "SELECT seller_id, currency, balance FROM seller_balances ORDER BY balance")
+    assert len(rows(conn, "SELECT 1 FROM licenses WHERE order_id = %s AND revoked_at IS NULL", order_id)) == 3
+    balances = rows(conn, "SELECT seller_id, currency, balance FROM seller_balances ORDER BY balance")
     assert balances == [
         {"seller_id": SELLER_A, "currency": "USD", "balance": 1500},
         {"seller_id": SELLER_B, "currency": "USD", "balance": 3099},
     ]
-    transfers = support.rows(conn, "SELECT seller_id, amount, status FROM seller_transfers ORDER BY amount")
+    transfers = rows(conn, "SELECT seller_id, amount, status FROM seller_transfers ORDER BY amount")
     assert transfers == [
         {"seller_id": SELLER_A, "amount": 1500, "status": "pending"},
         {"seller_id": SELLER_B, "amount": 3099, "status": "pending"},
@@ -168,11 +170,11 @@ def test_two_workers_applying_the_same_success_at_once_complete_the_order_once(
     order_id, payment_id = paid_order
     worker.pause()
     for _ in range(4):
-        support.post_webhook(receiver, webhook_body("payment_succeeded", payment(payment_id, 4599)))
+        post_webhook(receiver, webhook_body("payment_succeeded", payment(payment_id, 4599)))
     worker.resume()
-    support.join(broker)
+    join(broker)
 
-    assert sorted(r["processing_result"] for r in support.log_rows(conn)) == [
+    assert sorted(r["processing_result"] for r in log_rows(conn)) == [
         "ok",
         *["skipped: order already completed"] * 3,
     ]
@@ -196,15 +198,12 @@ def test_a_success_for_another_amount_grants_nothing(
     paid: dict[str, Any],
 ) -> None:
     order_id, payment_id = paid_order
-    log_id = support.store_event(conn, "payment_succeeded", {**paid, "payment_id": payment_id})
+    log_id = store_event(conn, "payment_succeeded", {**paid, "payment_id": payment_id})
 
-    assert support.process(settings, log_id) == "error: amount mismatch"
+    assert process(settings, log_id) == "error: amount mismatch"
 
-    assert support.row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"] == "pending"
-    assert (
-        support.rows(conn, "SELECT 1 FROM licenses") == []
-        and support.rows(conn, "SELECT 1 FROM seller_balances") == []
-    )
+    assert row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"] == "pending"
+    assert rows(conn, "SELECT 1 FROM licenses") == [] and rows(conn, "SELECT 1 FROM seller_balances") == []
     assert [r.levelname for r in caplog.records if str(order_id) in r.getMessage()] == ["ERROR"]
 
 
@@ -214,13 +213,10 @@ def test_a_failed_or_cancelled_payment_fails_the_order(
 ) -> None:
     order_id, payment_id = paid_order
 
-    assert (
-        support.process(settings, support.store_event(conn, event_type, payment(payment_id, 4599, "failed")))
-        == "ok"
-    )
+    assert process(settings, store_event(conn, event_type, payment(payment_id, 4599, "failed"))) == "ok"
 
-    assert support.row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"] == "failed"
-    assert support.rows(conn, "SELECT 1 FROM licenses") == []
+    assert row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"] == "failed"
+    assert rows(conn, "SELECT 1 FROM licenses") == []
 
 
 def test_a_success_after_the_order_failed_is_refunded_automatically_once(
@@ -230,18 +226,15 @@ def test_a_success_after_the_order_failed_is_refunded_automatically_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     order_id, payment_id = paid_order
-    support.process(
-        settings, support.store_event(conn, "payment_failed", payment(payment_id, 4599, "failed"))
-    )
-    assert support.row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"] == "failed"
+    process(settings, store_event(conn, "payment_failed", payment(payment_id, 4599, "failed")))
+    assert row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"] == "failed"
 
     results = [
-        support.process(settings, support.store_event(conn, "payment_succeeded", payment(payment_id, 4599)))
-        for _ in range(4)
+        process(settings, store_event(conn, "payment_succeeded", payment(payment_id, 4599))) for _ in range(4)
     ]
 
     assert results == ["ok", *["skipped: order already refunded automatically"] * 3]
-    refund = support.row(conn, "SELECT * FROM refunds")
+    refund = row(conn, "SELECT * FROM refunds")
     assert (refund["order_id"], refund["amount"], refund["status"], refund["automatic"]) == (
         order_id,
         4599,
@@ -249,11 +242,8 @@ def test_a_success_after_the_order_failed_is_refunded_automatically_once(
         True,
     )
     assert refund["requested_by"] is None and refund["note"] == "automatic: payment for a failed order"
-    assert support.row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"] == "failed"
-    assert (
-        support.rows(conn, "SELECT 1 FROM licenses") == []
-        and support.rows(conn, "SELECT 1 FROM seller_balances") == []
-    )
+    assert row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"] == "failed"
+    assert rows(conn, "SELECT 1 FROM licenses") == [] and rows(conn, "SELECT 1 FROM seller_balances") == []
     assert any(
         r.levelname == "WARNING" and "refunding it automatically" in r.getMessage() for r in caplog.records
     )
@@ -278,19 +268,16 @@ def test_a_partial_capture_fails_the_order_and_refunds_what_was_captured(
     order_id, payment_id = paid_order
     obj = {**payment(payment_id, 4599), **paid}
 
-    assert support.process(settings, support.store_event(conn, event_type, obj)) == "ok"
+    assert process(settings, store_event(conn, event_type, obj)) == "ok"
     assert (
-        support.process(settings, support.store_event(conn, event_type, obj))
+        process(settings, store_event(conn, event_type, obj))
         == "skipped: order already refunded automatically"
     )
 
-    assert support.row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"] == "failed"
-    refund = support.row(conn, "SELECT amount, automatic, note FROM refunds")
+    assert row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"] == "failed"
+    refund = row(conn, "SELECT amount, automatic, note FROM refunds")
     assert refund == {"amount": 1000, "automatic": True, "note": "automatic: partial capture of the order"}
-    assert (
-        support.rows(conn, "SELECT 1 FROM licenses") == []
-        and support.rows(conn, "SELECT 1 FROM seller_balances") == []
-    )
+    assert rows(conn, "SELECT 1 FROM licenses") == [] and rows(conn, "SELECT 1 FROM seller_balances") == []
 
 
 def test_an_automatic_refund_is_sent_by_the_outbox_and_its_success_moves_nothing_else(
@@ -299,24 +286,22 @@ def test_an_automatic_refund_is_sent_by_the_outbox_and_its_success_moves_nothing
     client: hyperswitch.Client,
     fake: FakeHyperswitch,
 ) -> None:
-    order_id = support.make_order(conn, [(uuid.uuid4(), 4599)])
+    order_id = make_order(conn, [(uuid.uuid4(), 4599)])
     payment_id = orders.confirm(conn, client, order_id)["payment_id"]
-    support.process(
-        settings, support.store_event(conn, "payment_failed", payment(payment_id, 4599, "failed"))
-    )
+    process(settings, store_event(conn, "payment_failed", payment(payment_id, 4599, "failed")))
     late = settle_payment(fake, payment_id, "succeeded")
-    support.process(settings, support.store_event(conn, "payment_succeeded", late))
+    process(settings, store_event(conn, "payment_succeeded", late))
 
     assert automatic_refunds.send_unsent(conn, client) == {"sent": 1, "rejected": 0, "ambiguous": 0}
     assert automatic_refunds.send_unsent(conn, client) == {"sent": 0, "rejected": 0, "ambiguous": 0}
 
-    refund = support.row(conn, "SELECT * FROM refunds")
+    refund = row(conn, "SELECT * FROM refunds")
     [posted] = fake.calls_to("POST", "/refunds")
     assert posted.body["amount"] == 4599 and posted.body["refund_id"] == refund["hyperswitch_refund_id"]
     psp_refund = {**fake.refunds[refund["hyperswitch_refund_id"]], "status": "succeeded"}
-    assert support.process(settings, support.store_event(conn, "refund_succeeded", psp_refund)) == "ok"
-    assert support.row(conn, "SELECT status FROM refunds")["status"] == "succeeded"
-    assert support.row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"] == "failed"
+    assert process(settings, store_event(conn, "refund_succeeded", psp_refund)) == "ok"
+    assert row(conn, "SELECT status FROM refunds")["status"] == "succeeded"
+    assert row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"] == "failed"
 
 
 def test_non_terminal_payment_events_are_skipped(
@@ -324,16 +309,16 @@ def test_non_terminal_payment_events_are_skipped(
 ) -> None:
     order_id, payment_id = paid_order
     for event_type in ("payment_processing", "action_required"):
-        log_id = support.store_event(conn, event_type, payment(payment_id, 4599, "processing"))
-        assert support.process(settings, log_id) == f"skipped: unhandled {event_type}"
-    assert support.row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"] == "pending"
+        log_id = store_event(conn, event_type, payment(payment_id, 4599, "processing"))
+        assert process(settings, log_id) == f"skipped: unhandled {event_type}"
+    assert row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"] == "pending"
 
 
 def test_a_payment_event_without_a_payment_id_is_an_error(
     conn: psycopg.Connection[Any], settings: Settings
 ) -> None:
-    log_id = support.store_event(conn, "payment_succeeded", {"status": "succeeded", "amount": 1})
-    assert support.process(settings, log_id) == "error: missing payment_id"
+    log_id = store_event(conn, "payment_succeeded", {"status": "succeeded", "amount": 1})
+    assert process(settings, log_id) == "error: missing payment_id"
 
 
 @pytest.mark.usefixtures("worker")
@@ -343,16 +328,14 @@ def test_an_unknown_payment_is_retried_until_our_order_commits(
     broker: dramatiq.Broker,
 ) -> None:
     payment_id = hyperswitch.merchant_id("pay", uuid.uuid4())
-    support.post_webhook(receiver, webhook_body("payment_succeeded", payment(payment_id, 4599)))
-    support.wait_for(lambda: support.log_rows(conn)[0]["attempts"] > 0)  # the first try found no order
-    assert support.log_rows(conn)[0]["processing_result"] == "queued"
-    order_id = support.make_order(
-        conn, [(SELLER_A, 1000), (SELLER_A, 500), (SELLER_B, 3099)], payment_id=payment_id
-    )
+    post_webhook(receiver, webhook_body("payment_succeeded", payment(payment_id, 4599)))
+    wait_for(lambda: log_rows(conn)[0]["attempts"] > 0)  # the first try found no order
+    assert log_rows(conn)[0]["processing_result"] == "queued"
+    order_id = make_order(conn, [(SELLER_A, 1000), (SELLER_A, 500), (SELLER_B, 3099)], payment_id=payment_id)
 
-    support.join(broker)
+    join(broker)
 
-    [log_row] = support.log_rows(conn)
+    [log_row] = log_rows(conn)
     assert log_row["processing_result"] == "ok" and log_row["attempts"] >= 1
     assert_completed_once(conn, order_id)
 
@@ -361,22 +344,22 @@ def test_an_unknown_payment_ends_skipped_after_ten_minutes(
     conn: psycopg.Connection[Any], settings: Settings
 ) -> None:
     unknown = hyperswitch.merchant_id("pay", uuid.uuid4())
-    log_id = support.store_event(conn, "payment_succeeded", payment(unknown, 100))
+    log_id = store_event(conn, "payment_succeeded", payment(unknown, 100))
 
     with pytest.raises(errors.UnknownObject):  # young: Dramatiq retries it
-        support.process(settings, log_id, final_attempt=False)
+        process(settings, log_id, final_attempt=False)
     conn.execute("UPDATE hyperswitch_webhook_log SET received_at = now() - interval '11 minutes'")
 
-    assert support.process(settings, log_id, final_attempt=False) == "skipped: unknown payment"
+    assert process(settings, log_id, final_attempt=False) == "skipped: unknown payment"
 
 
 def test_the_confirm_order_command_prints_json_and_logs_no_secret_even_verbose(
     conn: psycopg.Connection[Any], psp_settings: Settings, fake: FakeHyperswitch
 ) -> None:
-    order_id = support.make_order(conn, [(SELLER_A, 250)])
+    order_id = make_order(conn, [(SELLER_A, 250)])
 
-    quiet = support.run_cli("confirm-order", str(order_id), settings=psp_settings)
-    verbose = support.run_cli("-v", "confirm-order", str(order_id), settings=psp_settings)
+    quiet = run_cli("confirm-order", str(order_id), settings=psp_settings)
+    verbose = run_cli("-v", "confirm-order", str(order_id), settings=psp_settings)
 
     assert quiet.returncode == verbose.returncode == 0 and quiet.stderr == ""
     out = json.loads(quiet.stdout)

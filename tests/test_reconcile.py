@@ -11,9 +11,21 @@ import dramatiq
 import psycopg
 import pytest
 
-from tests import support
 from tests.factories import SELLER, OwnConnections, order_status, stuck_order
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, settle_payment, settle_refund, webhook_body
+from tests.support import (
+    at_once,
+    join,
+    log_rows,
+    make_order,
+    make_pending_refund,
+    post_webhook,
+    process,
+    row,
+    rows,
+    run_cli,
+    store_event,
+)
 from veza_worker import hyperswitch, reconcile
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import commands
@@ -55,8 +67,8 @@ def test_a_stuck_order_is_synced_through_the_payment_handler_and_audited(
 
     assert counts["orders"] == {"checked": 1, "settled": 1}
     assert order_status(conn, order_id) == "completed"
-    assert len(support.rows(conn, "SELECT 1 FROM licenses")) == 2
-    [audit] = support.log_rows(conn)
+    assert len(rows(conn, "SELECT 1 FROM licenses")) == 2
+    [audit] = log_rows(conn)
     assert audit["user_agent"] == "veza-worker-reconciler" and audit["signature_valid"] is True
     assert audit["event_id"] is None and audit["event_type"] == "payment_succeeded"
     assert audit["processing_result"] == "ok" and audit["processed_at"] is not None
@@ -89,7 +101,7 @@ def test_recent_completed_and_unconfirmed_orders_are_left_alone(
     recent, _ = stuck_order(conn, client, fake, "succeeded", age="5 minutes")
     completed, _ = stuck_order(conn, client, fake, "succeeded")
     conn.execute("UPDATE orders SET status = 'completed' WHERE id = %s", [completed])
-    unconfirmed = support.make_order(conn, [(SELLER, 100)])
+    unconfirmed = make_order(conn, [(SELLER, 100)])
     conn.execute("UPDATE orders SET created_at = now() - interval '2 hours' WHERE id = %s", [unconfirmed])
 
     assert tick()["orders"] == {"checked": 0}
@@ -105,8 +117,8 @@ def test_a_psp_read_error_leaves_the_row_for_the_next_tick(
     fake.fail_next("GET /payments", Failure(status=503))
 
     assert tick()["orders"] == {"checked": 1, "psp_error": 1}
-    assert order_status(conn, order_id) == "pending" and support.log_rows(conn) == []
-    assert support.rows(conn, "SELECT 1 FROM reconcile_state") == []  # an error is no answer: no cool-down
+    assert order_status(conn, order_id) == "pending" and log_rows(conn) == []
+    assert rows(conn, "SELECT 1 FROM reconcile_state") == []  # an error is no answer: no cool-down
 
     assert tick()["orders"] == {"checked": 1, "settled": 1}  # a manual tick right after retries it
     assert order_status(conn, order_id) == "completed"
@@ -160,7 +172,7 @@ def test_two_ticks_in_parallel_check_each_row_once(
         with own_connections() as (own, own_client):
             totals.append(reconcile.tick(own, own_client, psp_settings)["orders"]["checked"])
 
-    support.at_once(*[run] * 3)
+    at_once(*[run] * 3)
 
     assert sum(totals) == 20 and len(gets(fake)) == 20
 
@@ -177,14 +189,14 @@ def test_a_late_real_webhook_after_reconciliation_is_a_visible_no_op(
     _, payment_id = stuck_order(conn, client, fake, "succeeded")
     tick()
 
-    support.post_webhook(receiver, webhook_body("payment_succeeded", fake.payments[payment_id]))
-    support.join(broker)
+    post_webhook(receiver, webhook_body("payment_succeeded", fake.payments[payment_id]))
+    join(broker)
 
-    assert [(r["user_agent"], r["processing_result"]) for r in support.log_rows(conn)] == [
+    assert [(r["user_agent"], r["processing_result"]) for r in log_rows(conn)] == [
         ("veza-worker-reconciler", "ok"),
         ("python-httpx/0.28.1", "skipped: order already completed"),
     ]
-    assert len(support.rows(conn, "SELECT 1 FROM licenses")) == 2
+    assert len(rows(conn, "SELECT 1 FROM licenses")) == 2
 
 
 # -- refunds ----------------------------------------------------------------------------------------
@@ -197,8 +209,8 @@ def refundable(conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: 
     def make(*, submitted: str | None, created: str = "1 hour", psp_status: str | None = None) -> Any:
         order_id, payment_id = stuck_order(conn, client, fake, "succeeded")
         conn.execute("UPDATE orders SET status = 'completed', completed_at = now() WHERE id = %s", [order_id])
-        refund_id = support.make_pending_refund(conn, order_id, hyperswitch.merchant_id("ref", uuid.uuid4()))
-        psp_id = support.row(conn, "SELECT hyperswitch_refund_id FROM refunds WHERE id = %s", refund_id)[
+        refund_id = make_pending_refund(conn, order_id, hyperswitch.merchant_id("ref", uuid.uuid4()))
+        psp_id = row(conn, "SELECT hyperswitch_refund_id FROM refunds WHERE id = %s", refund_id)[
             "hyperswitch_refund_id"
         ]
         conn.execute(
@@ -210,9 +222,7 @@ def refundable(conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: 
             client.create_refund(
                 refund_id=psp_id,
                 payment_id=payment_id,
-                amount=support.row(conn, "SELECT total_amount FROM orders WHERE id = %s", order_id)[
-                    "total_amount"
-                ],
+                amount=row(conn, "SELECT total_amount FROM orders WHERE id = %s", order_id)["total_amount"],
                 reason="duplicate",
                 idempotency_key="k",
                 metadata={},
@@ -230,7 +240,7 @@ def refundable(conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: 
 
 
 def refund_row(conn: psycopg.Connection[Any], refund_id: uuid.UUID) -> dict[str, Any]:
-    return support.row(conn, "SELECT * FROM refunds WHERE id = %s", refund_id)
+    return row(conn, "SELECT * FROM refunds WHERE id = %s", refund_id)
 
 
 def test_a_stuck_refund_is_synced(conn: psycopg.Connection[Any], refundable: Any, tick: Any) -> None:
@@ -322,7 +332,7 @@ def pending_subscription(conn: psycopg.Connection[Any], client: hyperswitch.Clie
 
 
 def subscription_status(conn: psycopg.Connection[Any]) -> str:
-    return str(support.row(conn, "SELECT status FROM user_subscriptions")["status"])
+    return str(row(conn, "SELECT status FROM user_subscriptions")["status"])
 
 
 def test_a_stuck_subscription_whose_payment_succeeded_is_activated(
@@ -333,7 +343,7 @@ def test_a_stuck_subscription_whose_payment_succeeded_is_activated(
     assert tick()["subscriptions"] == {"checked": 1, "settled": 1}
 
     assert subscription_status(conn) == "active"
-    assert support.row(conn, "SELECT status FROM subscription_invoices")["status"] == "paid"
+    assert row(conn, "SELECT status FROM subscription_invoices")["status"] == "paid"
 
 
 def test_a_stuck_subscription_whose_payment_the_psp_never_had_expires(
@@ -351,7 +361,7 @@ def test_a_stuck_unpaid_subscription_gets_its_missing_client_secret(
 
     assert tick()["subscriptions"] == {"checked": 1, "client_secret_stored": 1}
 
-    secret = support.row(conn, "SELECT client_secret FROM subscription_invoices")["client_secret"]
+    secret = row(conn, "SELECT client_secret FROM subscription_invoices")["client_secret"]
     assert secret == fake.payments[pending_subscription["payment_id"]]["client_secret"]
     assert subscription_status(conn) == "pending_payment"
 
@@ -386,7 +396,7 @@ def test_the_reconcile_command_prints_per_phase_counts(
 ) -> None:
     stuck_order(conn, client, fake, "succeeded")
 
-    done = support.run_cli("reconcile", settings=psp_settings)
+    done = run_cli("reconcile", settings=psp_settings)
 
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {
@@ -398,7 +408,7 @@ def test_the_reconcile_command_prints_per_phase_counts(
         "payouts": {"checked": 0},
         "disputes": {"checked": 0},
     }
-    without = support.run_cli("reconcile", settings=psp_settings, HYPERSWITCH_ENABLED="false")
+    without = run_cli("reconcile", settings=psp_settings, HYPERSWITCH_ENABLED="false")
     assert without.returncode == 1 and "payment provider not configured" in without.stderr
 
 
@@ -410,7 +420,7 @@ def test_an_order_that_a_real_webhook_settled_meanwhile_is_not_touched(
     psp_settings: Settings,
 ) -> None:
     order_id, payment_id = stuck_order(conn, client, fake, "succeeded")
-    support.process(psp_settings, support.store_event(conn, "payment_succeeded", fake.payments[payment_id]))
+    process(psp_settings, store_event(conn, "payment_succeeded", fake.payments[payment_id]))
 
     assert tick()["orders"] == {"checked": 0}
     assert gets(fake) == [] and order_status(conn, order_id) == "completed"

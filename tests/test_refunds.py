@@ -13,9 +13,22 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests import support
 from tests.factories import OwnConnections, account, assert_audit_ok, balances, paid_out
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, settle_payment, settle_refund, webhook_body
+from tests.support import (
+    at_once,
+    log_rows,
+    make_order,
+    make_pending_refund,
+    post_webhook,
+    process,
+    row,
+    rows,
+    run_cli,
+    store,
+    store_event,
+    wait_for,
+)
 from veza_worker import errors, hyperswitch, ledger, refunds
 from veza_worker.settings import Settings
 
@@ -28,11 +41,9 @@ def completed_order(
 ) -> uuid.UUID:
     """An order paid the way a webhook completes it: licenses, credits, transfers, the PSP's payment."""
     payment_id = hyperswitch.merchant_id("pay", uuid.uuid4())
-    order_id = support.make_order(
-        conn, [(SELLER_A, 1000), (SELLER_B, 600)], buyer_id=BUYER, payment_id=payment_id
-    )
+    order_id = make_order(conn, [(SELLER_A, 1000), (SELLER_B, 600)], buyer_id=BUYER, payment_id=payment_id)
     paid = {"payment_id": payment_id, "status": "succeeded", "amount": 1600, "currency": "USD"}
-    assert support.process(settings, support.store_event(conn, "payment_succeeded", paid)) == "ok"
+    assert process(settings, store_event(conn, "payment_succeeded", paid)) == "ok"
     if fake is not None:
         fake.payments[payment_id] = {**paid, "client_secret": "cs", "metadata": {}}
         settle_payment(fake, payment_id, "succeeded")
@@ -53,11 +64,11 @@ def request(
 
 
 def order_status(conn: psycopg.Connection[Any], order_id: uuid.UUID) -> str:
-    return str(support.row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"])
+    return str(row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"])
 
 
 def the_refund(conn: psycopg.Connection[Any]) -> dict[str, Any]:
-    return support.row(conn, "SELECT * FROM refunds")
+    return row(conn, "SELECT * FROM refunds")
 
 
 # -- phases 1 and 2 ---------------------------------------------------------------------------------
@@ -103,7 +114,7 @@ def test_a_seller_of_the_order_may_refund_a_stranger_may_not(
 
     with pytest.raises(errors.Forbidden, match="neither the buyer nor a seller"):
         request(conn, client, order_id, by=uuid.uuid4())
-    assert support.rows(conn, "SELECT 1 FROM refunds") == []
+    assert rows(conn, "SELECT 1 FROM refunds") == []
     assert request(conn, client, order_id, by=SELLER_B)["status"] == "pending"
 
 
@@ -134,7 +145,7 @@ def test_each_phase_one_rejection_has_its_own_message_and_writes_nothing(
     with pytest.raises(errors.DomainError, match=message):
         request(conn, client, order_id)
 
-    assert support.rows(conn, "SELECT 1 FROM refunds") == [] and order_status(conn, order_id) == before
+    assert rows(conn, "SELECT 1 FROM refunds") == [] and order_status(conn, order_id) == before
     assert fake.calls_to("POST", "/refunds") == []
 
 
@@ -182,7 +193,7 @@ def test_a_pending_refund_the_order_status_does_not_show_still_blocks_a_second_o
 
     with pytest.raises(errors.DomainError, match="refund already in progress"):
         request(conn, client, order_id)
-    assert len(support.rows(conn, "SELECT 1 FROM refunds")) == 1 and len(fake.refunds) == 1
+    assert len(rows(conn, "SELECT 1 FROM refunds")) == 1 and len(fake.refunds) == 1
 
 
 def test_two_requests_at_once_open_one_refund(
@@ -198,10 +209,10 @@ def test_two_requests_at_once_open_one_refund(
             except errors.DomainError as exc:
                 outcomes.append(str(exc))
 
-    support.at_once(*[functools.partial(ask, by) for by in (BUYER, SELLER_A, SELLER_B, BUYER)])
+    at_once(*[functools.partial(ask, by) for by in (BUYER, SELLER_A, SELLER_B, BUYER)])
 
     assert sorted(outcomes) == ["pending", *["refund already in progress"] * 3]
-    assert len(support.rows(conn, "SELECT 1 FROM refunds")) == 1 and len(fake.refunds) == 1
+    assert len(rows(conn, "SELECT 1 FROM refunds")) == 1 and len(fake.refunds) == 1
 
 
 def test_a_definitive_psp_rejection_fails_the_refund_and_the_buyer_can_retry(
@@ -270,7 +281,7 @@ def refund_object(conn: psycopg.Connection[Any], status: str = "succeeded", **ex
 def pending_refund(conn: psycopg.Connection[Any], settings: Settings) -> uuid.UUID:
     """A completed order of two sellers with a pending refund; returns the order id."""
     order_id = completed_order(conn, settings)
-    support.make_pending_refund(conn, order_id)
+    make_pending_refund(conn, order_id)
     return order_id
 
 
@@ -278,26 +289,24 @@ def assert_refunded(conn: psycopg.Connection[Any], order_id: uuid.UUID) -> None:
     refund = the_refund(conn)
     assert refund["status"] == "succeeded" and refund["succeeded_at"] is not None
     assert order_status(conn, order_id) == "refunded"
-    assert support.rows(conn, "SELECT 1 FROM licenses WHERE revoked_at IS NULL") == []
-    assert {r["balance"] for r in support.rows(conn, "SELECT balance FROM seller_balances")} == {0}
-    assert {r["status"] for r in support.rows(conn, "SELECT status FROM seller_transfers")} == {"reversed"}
+    assert rows(conn, "SELECT 1 FROM licenses WHERE revoked_at IS NULL") == []
+    assert {r["balance"] for r in rows(conn, "SELECT balance FROM seller_balances")} == {0}
+    assert {r["status"] for r in rows(conn, "SELECT status FROM seller_transfers")} == {"reversed"}
 
 
 def test_refund_succeeded_finalizes_everything_and_replays_change_nothing(
     conn: psycopg.Connection[Any], settings: Settings, pending_refund: uuid.UUID
 ) -> None:
-    assert (
-        support.process(settings, support.store_event(conn, "refund_succeeded", refund_object(conn))) == "ok"
-    )
+    assert process(settings, store_event(conn, "refund_succeeded", refund_object(conn))) == "ok"
     assert_refunded(conn, pending_refund)
     first = the_refund(conn)["succeeded_at"]
 
     for _ in range(3):
-        result = support.process(settings, support.store_event(conn, "refund_succeeded", refund_object(conn)))
+        result = process(settings, store_event(conn, "refund_succeeded", refund_object(conn)))
         assert result == "skipped: refund already succeeded"
     late_failure = refund_object(conn, "failed", error_message="x")
     assert (
-        support.process(settings, support.store_event(conn, "refund_failed", late_failure))
+        process(settings, store_event(conn, "refund_failed", late_failure))
         == "skipped: refund already succeeded"
     )
 
@@ -313,16 +322,16 @@ def test_refund_succeeded_is_all_or_nothing(
         " BEGIN RAISE EXCEPTION 'transfer ledger offline'; END $$"
     )
     conn.execute("CREATE TRIGGER boom BEFORE UPDATE ON seller_transfers FOR EACH ROW EXECUTE FUNCTION boom()")
-    balances = support.rows(conn, "SELECT seller_id, balance FROM seller_balances ORDER BY seller_id")
+    balances = rows(conn, "SELECT seller_id, balance FROM seller_balances ORDER BY seller_id")
 
-    result = support.process(settings, support.store_event(conn, "refund_succeeded", refund_object(conn)))
+    result = process(settings, store_event(conn, "refund_succeeded", refund_object(conn)))
 
     assert result is not None and result.startswith("error: RaiseException: transfer ledger offline")
     assert the_refund(conn)["status"] == "pending" and the_refund(conn)["succeeded_at"] is None
     assert order_status(conn, pending_refund) == "refund_pending"
-    assert support.rows(conn, "SELECT 1 FROM licenses WHERE revoked_at IS NOT NULL") == []
-    assert support.rows(conn, "SELECT seller_id, balance FROM seller_balances ORDER BY seller_id") == balances
-    assert {r["status"] for r in support.rows(conn, "SELECT status FROM seller_transfers")} == {"pending"}
+    assert rows(conn, "SELECT 1 FROM licenses WHERE revoked_at IS NOT NULL") == []
+    assert rows(conn, "SELECT seller_id, balance FROM seller_balances ORDER BY seller_id") == balances
+    assert {r["status"] for r in rows(conn, "SELECT status FROM seller_transfers")} == {"pending"}
 
 
 def test_refund_failed_fails_the_refund_with_the_psp_message_and_reopens_the_order(
@@ -330,21 +339,19 @@ def test_refund_failed_fails_the_refund_with_the_psp_message_and_reopens_the_ord
 ) -> None:
     failed = refund_object(conn, "failed", error_message="Card account closed")
 
-    assert support.process(settings, support.store_event(conn, "refund_failed", failed)) == "ok"
+    assert process(settings, store_event(conn, "refund_failed", failed)) == "ok"
 
     refund = the_refund(conn)
     assert refund["status"] == "failed" and refund["error_message"] == "Card account closed"
     assert order_status(conn, pending_refund) == "completed"
-    assert support.rows(conn, "SELECT 1 FROM licenses WHERE revoked_at IS NOT NULL") == []
+    assert rows(conn, "SELECT 1 FROM licenses WHERE revoked_at IS NOT NULL") == []
 
 
 @pytest.mark.parametrize("status", ["pending", "review"])
 def test_a_non_terminal_refund_status_is_skipped(
     conn: psycopg.Connection[Any], settings: Settings, pending_refund: uuid.UUID, status: str
 ) -> None:
-    result = support.process(
-        settings, support.store_event(conn, "refund_succeeded", refund_object(conn, status))
-    )
+    result = process(settings, store_event(conn, "refund_succeeded", refund_object(conn, status)))
     assert result == f"skipped: refund status {status}"
     assert the_refund(conn)["status"] == "pending"
 
@@ -353,33 +360,31 @@ def test_a_refund_event_without_a_refund_id_is_an_error(
     conn: psycopg.Connection[Any], settings: Settings
 ) -> None:
     assert (
-        support.process(settings, support.store_event(conn, "refund_succeeded", {"status": "succeeded"}))
+        process(settings, store_event(conn, "refund_succeeded", {"status": "succeeded"}))
         == "error: missing refund_id"
     )
 
 
 def test_an_unknown_refund_is_retried_then_skipped(conn: psycopg.Connection[Any], settings: Settings) -> None:
-    log_id = support.store_event(
-        conn, "refund_succeeded", {"refund_id": "ref_" + "z" * 26, "status": "succeeded"}
-    )
+    log_id = store_event(conn, "refund_succeeded", {"refund_id": "ref_" + "z" * 26, "status": "succeeded"})
     with pytest.raises(errors.UnknownObject):
-        support.process(settings, log_id, final_attempt=False)
+        process(settings, log_id, final_attempt=False)
     conn.execute("UPDATE hyperswitch_webhook_log SET received_at = now() - interval '11 minutes'")
-    assert support.process(settings, log_id, final_attempt=False) == "skipped: unknown refund"
+    assert process(settings, log_id, final_attempt=False) == "skipped: unknown refund"
 
 
 def test_a_psp_refund_of_another_amount_is_posted_unallocated_with_a_discrepancy(
     conn: psycopg.Connection[Any], settings: Settings, pending_refund: uuid.UUID
 ) -> None:
     partial = {**refund_object(conn), "amount": 500}
-    assert support.process(settings, support.store_event(conn, "refund_succeeded", partial)) == "ok"
+    assert process(settings, store_event(conn, "refund_succeeded", partial)) == "ok"
 
     assert (the_refund(conn)["status"], the_refund(conn)["amount"]) == ("succeeded", 500)
     assert balances(conn) == {SELLER_A: (1000, 0), SELLER_B: (600, 0)}  # which items? nobody knows
     assert account(conn, ledger.UNALLOCATED) == -500
-    [found] = support.rows(conn, "SELECT kind, amount FROM discrepancies WHERE resolved_at IS NULL")
+    [found] = rows(conn, "SELECT kind, amount FROM discrepancies WHERE resolved_at IS NULL")
     assert found == {"kind": "refund_amount_mismatch", "amount": 500}
-    assert support.rows(conn, "SELECT 1 FROM licenses WHERE revoked_at IS NOT NULL") == []
+    assert rows(conn, "SELECT 1 FROM licenses WHERE revoked_at IS NOT NULL") == []
     assert_audit_ok(conn)
 
 
@@ -389,7 +394,7 @@ def test_refund_objects_in_the_other_shapes_dispatch_by_refund_id(
 ) -> None:
     obj = refund_object(conn)
     body = obj if shape == "flat" else {"object": obj}
-    assert support.process(settings, support.store(conn, json.dumps(body).encode())) == "ok"
+    assert process(settings, store(conn, json.dumps(body).encode())) == "ok"
     assert_refunded(conn, pending_refund)
 
 
@@ -399,15 +404,10 @@ def test_a_refund_after_a_payout_leaves_the_seller_a_debt(
     paid_out(conn, pending_refund, SELLER_A, 1000)
     assert balances(conn) == {SELLER_A: (0, 0), SELLER_B: (0, 600)}
 
-    assert (
-        support.process(settings, support.store_event(conn, "refund_succeeded", refund_object(conn))) == "ok"
-    )
+    assert process(settings, store_event(conn, "refund_succeeded", refund_object(conn))) == "ok"
 
     assert balances(conn) == {SELLER_A: (0, -1000), SELLER_B: (0, 0)}  # A owes what the buyer got back
-    assert (
-        support.row(conn, "SELECT balance FROM seller_balances WHERE seller_id = %s", SELLER_A)["balance"]
-        == -1000
-    )
+    assert row(conn, "SELECT balance FROM seller_balances WHERE seller_id = %s", SELLER_A)["balance"] == -1000
     assert_audit_ok(conn)
 
 
@@ -424,15 +424,15 @@ def test_a_refund_succeeded_webhook_that_beats_phase_two_is_applied(
 
     def webhook_first(refund: dict[str, Any]) -> None:
         settle_refund(fake, refund["refund_id"], "succeeded")
-        support.post_webhook(receiver, webhook_body("refund_succeeded", refund))
-        support.wait_for(lambda: support.log_rows(conn)[-1]["processing_result"] != "queued")
+        post_webhook(receiver, webhook_body("refund_succeeded", refund))
+        wait_for(lambda: log_rows(conn)[-1]["processing_result"] != "queued")
 
     fake.before_reply["POST /refunds"] = webhook_first
 
     out = request(conn, client, order_id)
 
     assert out["status"] == "succeeded"
-    assert support.log_rows(conn)[-1]["processing_result"] == "ok"
+    assert log_rows(conn)[-1]["processing_result"] == "ok"
     assert the_refund(conn)["submitted_at"] is not None
     assert_refunded(conn, order_id)
 
@@ -445,7 +445,7 @@ def test_the_refund_command_prints_our_ids_and_sends_the_reason_and_note(
 ) -> None:
     order_id = completed_order(conn, psp_settings, fake)
 
-    done = support.run_cli(
+    done = run_cli(
         "refund",
         str(order_id),
         "--by",
@@ -475,7 +475,7 @@ def test_the_refund_command_on_a_rejection_prints_the_failed_refund_and_exits_1(
     order_id = completed_order(conn, psp_settings, fake)
     fake.fail_next("POST /refunds", Failure(status=400, code="IR_14", message="Charge already refunded"))
 
-    done = support.run_cli("refund", str(order_id), "--by", str(BUYER), settings=psp_settings)
+    done = run_cli("refund", str(order_id), "--by", str(BUYER), settings=psp_settings)
 
     assert done.returncode == 1
     assert json.loads(done.stdout)["status"] == "failed"
@@ -496,11 +496,11 @@ def test_the_refund_command_on_a_rejection_prints_the_failed_refund_and_exits_1(
     ids=["bad-uuid", "no-by", "bad-reason", "long-note"],
 )
 def test_refund_usage_errors_exit_2(psp_settings: Settings, args: list[str]) -> None:
-    assert support.run_cli(*args, settings=psp_settings).returncode == 2
+    assert run_cli(*args, settings=psp_settings).returncode == 2
 
 
 def test_commands_that_need_the_psp_say_it_is_not_configured(settings: Settings) -> None:
     for args in (["refund", str(uuid.uuid4()), "--by", str(BUYER)], ["confirm-order", str(uuid.uuid4())]):
-        done = support.run_cli(*args, settings=settings, HYPERSWITCH_ENABLED="false")
+        done = run_cli(*args, settings=settings, HYPERSWITCH_ENABLED="false")
         assert done.returncode == 1
         assert done.stderr.strip().endswith("payment provider not configured")

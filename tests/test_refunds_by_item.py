@@ -19,6 +19,7 @@ from tests.factories import (
     SELLER_A,
     SELLER_B,
     OwnConnections,
+    Tick,
     payment_of,
     psp_settles,
     state,
@@ -345,10 +346,9 @@ def test_a_refund_in_review_is_asked_about_until_a_human_is_needed(
     client: hyperswitch.Client,
     fake: FakeHyperswitch,
     settings: Settings,
-    psp_settings: Settings,
     caplog: pytest.LogCaptureFixture,
+    tick: Tick,
 ) -> None:
-    from veza_worker import reconcile
 
     order_id = three_items(conn, settings, fake)
     out = ask(conn, client, order_id, [item_ids(conn, order_id)[200]])
@@ -356,7 +356,7 @@ def test_a_refund_in_review_is_asked_about_until_a_human_is_needed(
     conn.execute("UPDATE refunds SET submitted_at = now() - interval '1 hour'")
 
     for _ in range(5):
-        assert reconcile.tick(conn, client, psp_settings)["refunds"] == {"checked": 1, "unchanged": 1}
+        assert tick()["refunds"] == {"checked": 1, "unchanged": 1}
         conn.execute("UPDATE reconcile_state SET last_checked_at = last_checked_at - interval '2 minutes'")
 
     assert row(conn, "SELECT status FROM refunds")["status"] == "pending"
