@@ -89,7 +89,8 @@ def paid_upgrade(conn: db.Connection, subscription: Subscription, plan_id: uuid.
         "plan_id": plan_id,
         "period_start": subscription.current_period_start,
     }
-    return db.one(conn, Invoice, QUERIES["paid_upgrade"], params)
+    found = conn.execute(QUERIES["paid_upgrade"], params).fetchone()
+    return lock(conn, found[0]) if found else None
 
 
 def find_by_payment(conn: db.Connection, payment_id: str) -> tuple[uuid.UUID, uuid.UUID] | None:

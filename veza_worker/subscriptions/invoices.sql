@@ -100,13 +100,8 @@ RETURNING id;
 
 -- paid_upgrade --
 -- The upgrade to this plan already paid in this period: what the same change-plan asked again returns.
-SELECT id, subscription_id, amount, currency, status, payment_id, client_secret,
-       period_start, period_end, attempt, off_session, submitted_at, kind, plan_id
-  FROM subscription_invoices
- WHERE subscription_id = %(subscription_id)s
-   AND plan_id = %(plan_id)s
-   AND kind = 'proration'
-   AND status = 'paid'
-   AND period_start = %(period_start)s
+SELECT id FROM subscription_invoices
+ WHERE (subscription_id, plan_id, kind, status, period_start)
+     = (%(subscription_id)s, %(plan_id)s, 'proration', 'paid', %(period_start)s::timestamptz)
  ORDER BY paid_at DESC
  LIMIT 1;
