@@ -414,6 +414,8 @@ def test_a_downgrade_waits_for_the_renewal_which_bills_the_new_amount_and_change
         "payment_id": None,
         "client_secret": None,
     }
+    before = scene.snapshot()
+    assert scene.change(scene.subscription_id, cheap) == out and scene.snapshot() == before  # again: a no-op
     status = gate.status(scene.conn, scene.sub(scene.subscription_id)["user_id"])
     assert (status["plan_id"], status["pending_plan_id"], status["allowed"]) == (
         str(scene.basic),

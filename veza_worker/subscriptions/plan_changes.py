@@ -144,14 +144,13 @@ def _pending_change(conn: db.Connection, subscription: Subscription, plan: Plan)
 
 def _apply(conn: db.Connection, subscription: Subscription, plan: Plan, wanted: Change) -> Invoice | None:
     off_session = subscription.payment_method_id is not None
+    if wanted.action == Action.CLEAR and subscription.pending_plan_id is None:
+        return invoices.paid_upgrade(conn, subscription, plan.id)  # asked again: what paid for it
+    if wanted.action == Action.AT_PERIOD_END and subscription.pending_plan_id == plan.id:
+        return None  # asked again: already waiting for the renewal
     if wanted.action == Action.CLEAR:
         model.set_pending_plan(conn, subscription.id, None)
-        return (
-            invoices.paid_upgrade(conn, subscription, plan.id)
-            if subscription.pending_plan_id is None
-            else None
-        )
-    if wanted.action == Action.SWITCH:
+    elif wanted.action == Action.SWITCH:
         model.switch_plan(conn, subscription.id, plan.id)
     elif wanted.action == Action.AT_PERIOD_END:
         model.set_pending_plan(conn, subscription.id, plan.id)
