@@ -11,6 +11,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -25,8 +26,8 @@ from tests.factories import (
     to_period_end,
 )
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, settle_payment
-from tests.support import at_once, process, row, rows, run_cli, store_event
-from veza_worker import hyperswitch, ledger, reconcile
+from tests.support import admin, at_once, process, row, rows, run_cli, store_event, url_for
+from veza_worker import db, hyperswitch, ledger, reconcile
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import billing, commands, gate, plan_changes
 
@@ -571,3 +572,63 @@ def test_every_bad_input_exits_1_and_writes_nothing(scene: Scene, psp_settings: 
 
     assert scene.snapshot() == before and len(scene.fake.calls) == calls
     assert_audit_ok(scene.conn)
+
+
+# -- the migration ------------------------------------------------------------------------------------
+
+
+def test_the_migration_gives_existing_invoices_their_kind_and_plan(tmp_path: Path) -> None:
+    earlier = [p for _, p in db.migration_files(db.migrations_dir()) if p.name < "0017"]
+    for path in earlier:
+        (tmp_path / path.name).write_text(path.read_text())
+    name = f"veza_mig_{uuid.uuid4().hex[:12]}"
+    url = url_for(name)
+    try:
+        db.migrate(url, tmp_path)
+        with psycopg.connect(url, autocommit=True) as conn:
+            plan_id = make_plan(conn, 999)
+            active, pending = round_two_rows(conn, plan_id)
+            db.migrate(url)
+            found = rows(
+                conn, "SELECT subscription_id, kind, plan_id FROM subscription_invoices ORDER BY created_at"
+            )
+    finally:
+        admin("DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
+
+    assert [(r["subscription_id"], r["kind"]) for r in found] == [
+        (active, "first"),  # paid: its period was set when it was paid
+        (active, "renewal"),
+        (active, "renewal"),  # a dunning attempt of the same period
+        (pending, "first"),  # not paid yet: no period
+    ]
+    assert {r["plan_id"] for r in found} == {plan_id}
+
+
+def round_two_rows(conn: psycopg.Connection[Any], plan_id: uuid.UUID) -> tuple[uuid.UUID, uuid.UUID]:
+    """An active subscription with its first payment, a failed renewal and its paid retry; a
+    pending_payment one with its unpaid first invoice: as round 2's code left them."""
+    active, pending = uuid.uuid4(), uuid.uuid4()
+    conn.execute(
+        "INSERT INTO user_subscriptions (id, user_id, plan_id, status) VALUES (%s, %s, %s, 'active'),"
+        " (%s, %s, %s, 'pending_payment')",
+        [active, uuid.uuid4(), plan_id, pending, uuid.uuid4(), plan_id],
+    )
+    invoices = [  # (age, period start ago, attempt, status)
+        ("60 days", "60 days", 1, "paid"),
+        ("30 days", "30 days", 1, "failed"),
+        ("29 days", "30 days", 2, "paid"),
+    ]
+    for age, started, attempt, status in invoices:
+        conn.execute(
+            "INSERT INTO subscription_invoices (subscription_id, amount, currency, status, payment_id,"
+            " period_start, period_end, attempt, created_at)"
+            " VALUES (%s, 999, 'EUR', %s, %s, now() - %s::interval,"
+            " now() - %s::interval + interval '1 month', %s, now() - %s::interval)",
+            [active, status, f"pay_{uuid.uuid4().hex[:26]}", started, started, attempt, age],
+        )
+    conn.execute(
+        "INSERT INTO subscription_invoices (subscription_id, amount, currency, payment_id)"
+        " VALUES (%s, 999, 'EUR', %s)",
+        [pending, f"pay_{uuid.uuid4().hex[:26]}"],
+    )
+    return active, pending
