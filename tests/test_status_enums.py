@@ -18,6 +18,7 @@ CHECKED: dict[str, type[StrEnum]] = {
     "refunds_status_check": refunds.Status,
     "user_subscriptions_status_check": model.Status,
     "subscription_invoices_status_check": invoices.Status,
+    "subscription_invoices_kind_check": invoices.Kind,
 }
 
 

@@ -31,7 +31,7 @@ from veza_worker import (
     webhooks,
 )
 from veza_worker.settings import Settings
-from veza_worker.subscriptions import commands, gate
+from veza_worker.subscriptions import commands, gate, plan_changes
 
 Command = Callable[[argparse.Namespace, Settings], Any]
 
@@ -98,6 +98,17 @@ def cmd_subscribe(args: argparse.Namespace, settings: Settings) -> Any:
 def cmd_complete_subscription(args: argparse.Namespace, settings: Settings) -> Any:
     with db.connect(settings.database_url) as conn:
         return commands.complete(conn, hyperswitch.from_settings(settings), args.subscription_id)
+
+
+def cmd_change_plan(args: argparse.Namespace, settings: Settings) -> Any:
+    with db.connect(settings.database_url) as conn:
+        return plan_changes.change(
+            conn,
+            hyperswitch.from_settings(settings),
+            args.subscription_id,
+            args.plan_id,
+            preview=args.preview,
+        )
 
 
 def cmd_subscription_status(args: argparse.Namespace, settings: Settings) -> Any:
@@ -251,6 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
         "a payable attempt (client_secret) for a pending_payment or past_due subscription",
     )
     complete.add_argument("subscription_id", metavar="SUBSCRIPTION_ID", type=_uuid)
+    change = add(
+        "change-plan",
+        cmd_change_plan,
+        "move a subscription to another plan: an upgrade now for the prorated difference, else at period end",
+    )
+    change.add_argument("subscription_id", metavar="SUBSCRIPTION_ID", type=_uuid)
+    change.add_argument("plan_id", metavar="PLAN_ID", type=_uuid)
+    change.add_argument(
+        "--preview", action="store_true", help="print what it would charge now; change nothing"
+    )
     status = add("subscription-status", cmd_subscription_status, "the feature-gate view of a user")
     status.add_argument("user_id", metavar="USER_ID", type=_uuid)
     add("status", cmd_status, "what on-call reads first; exit 1 when a sweep is overdue or rows need a human")

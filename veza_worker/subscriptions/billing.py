@@ -8,7 +8,9 @@ the call leaves an unsent invoice that the next sweep sends again with the same 
 - Trial end: a trial past its end → pending_payment + first invoice (on-session, saving the card).
 - Renewal: an active paid subscription past `current_period_end` → an invoice for the next period
   (from the previous end: no drift), charged off-session with the saved method; without one, an
-  on-session invoice and `past_due` at once.
+  on-session invoice and `past_due` at once. A pending plan change is applied first: the renewal
+  bills the new plan (a free one: `active` without a period, no invoice). An upgrade still unpaid
+  when its period ended is cancelled first: the renewal bills the plan in force.
 - Dunning: `past_due` → a new off-session attempt at each delay of the schedule after the period's
   first failure; `expired` once the last attempt failed (without a saved method: once the last
   delay has passed).
@@ -39,6 +41,8 @@ UNSENT_AFTER = timedelta(minutes=2)  # an invoice this old with no answer from t
 TRIAL_END_COUNTS = ("ended", "charged", "free", "rejected", "ambiguous", "no_provider", "canceled")
 RENEW_COUNTS = (
     "canceled",
+    "upgrades_abandoned",
+    "plan_changes",
     "invoiced",
     "on_session",
     "retried",
@@ -131,6 +135,8 @@ def renew(
 ) -> dict[str, int]:
     """One renew sweep: period-end cancels, renewals, dunning steps, and unsent invoices sent again."""
     counts: Counter[str] = Counter(canceled=end_canceled(conn, batch_size=batch_size))
+    if client is not None:
+        _abandon_stale_upgrades(conn, client, counts, batch_size)
     _renewals(conn, client, counts, batch_size)
     _dunning(conn, client, settings.subscription_dunning_schedule, counts, batch_size)
     if client is not None:
@@ -156,8 +162,14 @@ def _open_renewal(conn: db.Connection, subscription_id: uuid.UUID, counts: Count
     subscription is past_due at once (the customer must pay on-session)."""
     subscription = model.lock(conn, subscription_id)
     assert subscription is not None
+    plan = model.get_plan(conn, subscription.pending_plan_id or subscription.plan_id)
+    if subscription.pending_plan_id is not None:
+        _apply_plan_change(conn, subscription, plan, counts)
+        if plan.amount == 0:
+            return None
     off_session = subscription.payment_method_id is not None
-    invoice = invoices.new(conn, subscription, subscription.current_period_end, off_session=off_session)
+    period_start = subscription.current_period_end
+    invoice = invoices.new(conn, subscription, period_start, off_session=off_session, plan=plan)
     if invoice is None:
         return None  # another sweep made this period's invoice first
     counts["invoiced"] += 1
@@ -166,6 +178,35 @@ def _open_renewal(conn: db.Connection, subscription_id: uuid.UUID, counts: Count
         model.set_past_due(conn, subscription.id)
         log.info("subscription %s past_due: no saved payment method for the renewal", subscription.id)
     return invoice
+
+
+def _apply_plan_change(
+    conn: db.Connection, subscription: Subscription, plan: model.Plan, counts: Counter[str]
+) -> None:
+    """The period is over: a pending downgrade, interval change or move to a free plan takes effect."""
+    model.switch_plan(conn, subscription.id, plan.id)
+    if plan.amount == 0:
+        conn.execute(QUERIES["activate_free"], {"subscription_id": subscription.id})
+    counts["plan_changes"] += 1
+    log.info("subscription %s: plan %s → %s at period end", subscription.id, subscription.plan_id, plan.id)
+
+
+def _abandon_stale_upgrades(
+    conn: db.Connection, client: hyperswitch.Client, counts: Counter[str], batch_size: int
+) -> None:
+    """Upgrades still unpaid when their period ended are cancelled at the PSP (if paid after all,
+    the plan switches), so the renewal bills the plan in force; one the PSP cannot cancel now
+    waits, and so does its renewal."""
+    with conn.transaction():
+        stale = [r[0] for r in conn.execute(QUERIES["stale_upgrades"], {"limit": batch_size})]
+    for invoice_id in stale:
+        with conn.transaction():
+            subscription, invoice = invoices.lock_pair(conn, invoice_id)
+            if invoice.status != invoices.Status.PENDING:
+                continue
+            reason = "the period ended before the upgrade was paid"
+            if invoices.abandon(conn, client, subscription, invoice, reason) is not None:
+                counts["upgrades_abandoned"] += 1
 
 
 def _dunning(

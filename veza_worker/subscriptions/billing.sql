@@ -2,7 +2,8 @@
 -- Trials past their end, oldest first; SKIP LOCKED lets several sweeps share the work. A trial
 -- canceled at its end is left to end_canceled: it is never invoiced.
 SELECT id, user_id, plan_id, status, trial_ends_at, current_period_start, current_period_end,
-       payment_method_id, cancel_at_period_end, canceled_at, past_due_since, dunning_step
+       payment_method_id, cancel_at_period_end, canceled_at, past_due_since, dunning_step,
+       pending_plan_id
   FROM user_subscriptions
  WHERE status = 'trialing'
    AND trial_ends_at <= now()
@@ -86,4 +87,16 @@ SELECT id
    AND submitted_at IS NULL
    AND created_at < now() - %(older_than)s
  ORDER BY created_at
+ LIMIT %(limit)s;
+
+-- stale_upgrades --
+-- Upgrades (proration invoices) still pending once their period has ended, oldest first
+-- (subscription_invoices_pending_idx): they are cancelled before the renewal bills the period.
+SELECT i.id
+  FROM subscription_invoices i
+  JOIN user_subscriptions s ON s.id = i.subscription_id
+ WHERE i.status = 'pending'
+   AND i.kind = 'proration'
+   AND s.current_period_end <= now()
+ ORDER BY i.created_at
  LIMIT %(limit)s;

@@ -24,14 +24,16 @@ QUERIES = db.load_queries(__name__)
 NOT_CONFIGURED = "payment provider not configured — paid plans temporarily unavailable"
 
 
-def _locked(conn: db.Connection, subscription_id: uuid.UUID) -> Subscription:
+def locked(conn: db.Connection, subscription_id: uuid.UUID) -> Subscription:
+    """The subscription, locked; exit 1 when there is none."""
     subscription = model.lock(conn, subscription_id)
     if subscription is None:
         raise errors.NotFound(f"subscription {subscription_id} not found")
     return subscription
 
 
-def _require(client: hyperswitch.Client | None) -> hyperswitch.Client:
+def require(client: hyperswitch.Client | None) -> hyperswitch.Client:
+    """The PSP client a paid step needs; exit 1 before anything is written when none is configured."""
     if client is None:
         raise errors.PaymentProviderNotConfigured(NOT_CONFIGURED)
     return client
@@ -60,7 +62,7 @@ def subscribe(
         else:
             subscription, invoice = live, _awaiting_payment(conn, live, plan)
     if invoice is not None and invoice.submitted_at is None:
-        invoice = invoices.send(conn, _require(client), invoice.id, raise_errors=True)
+        invoice = invoices.send(conn, require(client), invoice.id, raise_errors=True)
     return invoices.view(subscription, invoice)
 
 
@@ -70,14 +72,14 @@ def complete(
     """A payable on-session attempt: the pending first payment, or for a past_due subscription the
     pending recovery attempt, created for the open period when none is pending."""
     with conn.transaction():
-        subscription = _locked(conn, subscription_id)
+        subscription = locked(conn, subscription_id)
         if subscription.status not in model.AWAITING_PAYMENT:
             raise errors.DomainError(
                 f"subscription {subscription_id} is {subscription.status}, not pending_payment or past_due"
             )
         invoice = invoices.pending(conn, subscription.id)
         if invoice is None and subscription.status == model.Status.PAST_DUE:
-            _require(client)  # before anything is written
+            require(client)  # before anything is written
             invoice = invoices.new(conn, subscription, subscription.current_period_end, off_session=False)
         if invoice is None:  # a pending_payment subscription always has one; say so loudly if not
             raise errors.DomainError(f"subscription {subscription_id} has no pending invoice")
@@ -86,7 +88,7 @@ def complete(
                 f"renewal payment in progress: payment {invoice.payment_id} of subscription {subscription_id}"
             )
     if invoice.submitted_at is None:  # new, or the first create was ambiguous: same payment_id again
-        invoice = invoices.send(conn, _require(client), invoice.id, raise_errors=True)
+        invoice = invoices.send(conn, require(client), invoice.id, raise_errors=True)
     return invoices.view(subscription, invoice)
 
 
@@ -98,7 +100,7 @@ def _create(
     ever_trialed = conn.execute(QUERIES["ever_trialed"], {"user_id": user_id}).fetchone()
     if plan.trial_days > 0 and not (ever_trialed and ever_trialed[0]):
         return _insert(conn, user_id, plan, model.Status.TRIALING), None
-    _require(client)  # before anything is written
+    require(client)  # before anything is written
     subscription = _insert(conn, user_id, plan, model.Status.PENDING_PAYMENT)
     return subscription, invoices.new(conn, subscription, None, off_session=False)
 
@@ -109,7 +111,7 @@ def _insert(conn: db.Connection, user_id: uuid.UUID, plan: Plan, status: model.S
     params = {"id": subscription_id, "user_id": user_id, "plan_id": plan.id, "status": status}
     conn.execute(QUERIES["insert_subscription"], {**params, "trial_days": trial_days})
     log.info("subscription %s created for user %s on plan %s: %s", subscription_id, user_id, plan.id, status)
-    return _locked(conn, subscription_id)
+    return locked(conn, subscription_id)
 
 
 def _awaiting_payment(conn: db.Connection, live: Subscription, plan: Plan) -> Invoice:
@@ -137,7 +139,7 @@ def cancel(
     """At period end (the default for active/trialing) or at once; a pending invoice's payment is
     cancelled at the PSP and the invoice failed."""
     with conn.transaction():
-        subscription = _locked(conn, subscription_id)
+        subscription = locked(conn, subscription_id)
         if subscription.status in model.ENDED:
             raise errors.DomainError(f"subscription {subscription_id} is already {subscription.status}")
         ends = _access_ends(subscription)
@@ -153,7 +155,7 @@ def cancel(
             log.info("subscription %s cancels at %s", subscription.id, ends.isoformat())
         else:
             cancel_now(conn, client, subscription)
-        return cancel_view(_locked(conn, subscription_id))
+        return cancel_view(locked(conn, subscription_id))
 
 
 def cancel_now(conn: db.Connection, client: hyperswitch.Client | None, subscription: Subscription) -> None:
@@ -175,7 +177,7 @@ def cancel_now(conn: db.Connection, client: hyperswitch.Client | None, subscript
 def resume(conn: db.Connection, subscription_id: uuid.UUID) -> dict[str, Any]:
     """Undo a cancel at period end, while the subscription is still active or trialing."""
     with conn.transaction():
-        subscription = _locked(conn, subscription_id)
+        subscription = locked(conn, subscription_id)
         if subscription.status not in (model.Status.ACTIVE, model.Status.TRIALING):
             raise errors.DomainError(
                 f"subscription {subscription_id} is {subscription.status}: only active or trialing can resume"
@@ -185,7 +187,7 @@ def resume(conn: db.Connection, subscription_id: uuid.UUID) -> dict[str, Any]:
                 QUERIES["set_cancel_at_period_end"], {"subscription_id": subscription.id, "cancel": False}
             )
             log.info("subscription %s resumed", subscription.id)
-        return cancel_view(_locked(conn, subscription_id))
+        return cancel_view(locked(conn, subscription_id))
 
 
 def _access_ends(subscription: Subscription) -> datetime | None:

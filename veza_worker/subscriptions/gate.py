@@ -32,6 +32,7 @@ class GateRow:
     cancel_at_period_end: bool
     free: bool
     has_paid_invoice: bool
+    pending_plan_id: uuid.UUID | None = None  # the plan the next renewal switches to
 
 
 _DENIED = {
@@ -65,6 +66,8 @@ def answer(user_id: uuid.UUID, gate: GateRow | None, now: datetime, grace: timed
         out["trial_ends_at"] = gate.trial_ends_at
     elif gate.status == model.Status.ACTIVE:
         out["current_period_end"] = gate.current_period_end
+    if gate.pending_plan_id is not None:
+        out["pending_plan_id"] = str(gate.pending_plan_id)
     if gate.cancel_at_period_end:
         out["cancel_at_period_end"] = True
     if reason is not None:

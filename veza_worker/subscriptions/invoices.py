@@ -37,6 +37,14 @@ class Status(StrEnum):
     FAILED = "failed"
 
 
+class Kind(StrEnum):
+    """subscription_invoices.kind: what paying the invoice does."""
+
+    FIRST = "first"  # starts a period on its plan (subscribe, trial end, a free plan's upgrade)
+    RENEWAL = "renewal"  # pays for the period it was made for (dunning and recovery attempts too)
+    PRORATION = "proration"  # an upgrade: switches the plan, the period does not move
+
+
 @dataclass(frozen=True)
 class Invoice:
     id: uuid.UUID
@@ -51,11 +59,13 @@ class Invoice:
     attempt: int
     off_session: bool
     submitted_at: datetime | None
+    kind: str  # a Kind
+    plan_id: uuid.UUID | None  # the plan it pays for (None: rows older than plan changes)
 
     @property
     def first(self) -> bool:
-        """A subscription's first payment (subscribe, trial end): it has no period until paid."""
-        return self.period_start is None
+        """A first payment (subscribe, trial end, a free plan's upgrade): no period until paid."""
+        return self.kind == Kind.FIRST
 
     @property
     def idempotency_key(self) -> str:
@@ -72,6 +82,17 @@ def pending(conn: db.Connection, subscription_id: uuid.UUID) -> Invoice | None:
     return db.one(conn, Invoice, QUERIES["pending_invoice"], {"subscription_id": subscription_id})
 
 
+def paid_upgrade(conn: db.Connection, subscription: Subscription, plan_id: uuid.UUID) -> Invoice | None:
+    """The paid upgrade to `plan_id` in the subscription's current period, if any."""
+    params = {
+        "subscription_id": subscription.id,
+        "plan_id": plan_id,
+        "period_start": subscription.current_period_start,
+    }
+    found = conn.execute(QUERIES["paid_upgrade"], params).fetchone()
+    return lock(conn, found[0]) if found else None
+
+
 def find_by_payment(conn: db.Connection, payment_id: str) -> tuple[uuid.UUID, uuid.UUID] | None:
     """(invoice id, subscription id) of the invoice a PSP payment is for; unlocked."""
     row = conn.execute(QUERIES["find_invoice_by_payment"], {"payment_id": payment_id}).fetchone()
@@ -79,24 +100,58 @@ def find_by_payment(conn: db.Connection, payment_id: str) -> tuple[uuid.UUID, uu
 
 
 def new(
-    conn: db.Connection, subscription: Subscription, period_start: datetime | None, *, off_session: bool
+    conn: db.Connection,
+    subscription: Subscription,
+    period_start: datetime | None,
+    *,
+    off_session: bool,
+    plan: model.Plan | None = None,
 ) -> Invoice | None:
-    """A pending invoice at the plan's price; for a renewal, for the period from `period_start`.
+    """A pending invoice at the price of `plan` (default: the subscription's): a first payment
+    without `period_start`, else a renewal for the period from it.
 
     None when another sweep made this attempt first (the unique indexes refused a second one).
     """
-    plan = model.get_plan(conn, subscription.plan_id)
+    plan = plan or model.get_plan(conn, subscription.plan_id)
+    if period_start is None:
+        return _insert(conn, subscription, plan, plan.amount, Kind.FIRST, None, off_session)
+    period = periods.starting(period_start, plan.interval)
+    return _insert(conn, subscription, plan, plan.amount, Kind.RENEWAL, period, off_session)
+
+
+def new_proration(
+    conn: db.Connection, subscription: Subscription, plan: model.Plan, amount: int, *, off_session: bool
+) -> Invoice:
+    """A pending upgrade to `plan` for `amount`, the prorated rest of the current period. The caller
+    holds the subscription's lock and saw no pending invoice."""
+    assert subscription.current_period_start is not None and subscription.current_period_end is not None
+    period = periods.Period(subscription.current_period_start, subscription.current_period_end)
+    invoice = _insert(conn, subscription, plan, amount, Kind.PRORATION, period, off_session)
+    assert invoice is not None, f"subscription {subscription.id} has a pending invoice"
+    return invoice
+
+
+def _insert(
+    conn: db.Connection,
+    subscription: Subscription,
+    plan: model.Plan,
+    amount: int,
+    kind: Kind,
+    period: periods.Period | None,
+    off_session: bool,
+) -> Invoice | None:
     invoice_id = uuid.uuid4()
-    period = periods.starting(period_start, plan.interval) if period_start is not None else None
     params = {
         "id": invoice_id,
         "subscription_id": subscription.id,
-        "amount": plan.amount,
+        "amount": amount,
         "currency": plan.currency,
         "payment_id": hyperswitch.merchant_id("pay", invoice_id),
-        "period_start": period_start,
+        "period_start": period.start if period is not None else None,
         "period_end": period.end if period is not None else None,
         "off_session": off_session,
+        "kind": kind,
+        "plan_id": plan.id,
     }
     return db.one(conn, Invoice, QUERIES["insert_invoice"], params)
 
@@ -126,7 +181,7 @@ def send(
     saying so, carrying the subscription's view.
     """
     with conn.transaction():
-        subscription, invoice = _lock_pair(conn, invoice_id)
+        subscription, invoice = lock_pair(conn, invoice_id)
         if invoice.status != Status.PENDING or invoice.submitted_at is not None:
             return invoice
         problem = _send_locked(conn, client, subscription, invoice)
@@ -141,7 +196,7 @@ def send(
     raise errors.PaymentRejected(f"payment rejected by payment provider: {problem}", view(after, None))
 
 
-def _lock_pair(conn: db.Connection, invoice_id: uuid.UUID) -> tuple[Subscription, Invoice]:
+def lock_pair(conn: db.Connection, invoice_id: uuid.UUID) -> tuple[Subscription, Invoice]:
     """An invoice and its subscription, locked in the order every writer takes: subscription first."""
     found = conn.execute(QUERIES["subscription_of_invoice"], {"invoice_id": invoice_id}).fetchone()
     assert found is not None, f"invoice {invoice_id} not found"
@@ -163,6 +218,15 @@ def _send_locked(
         )
         return "ambiguous"
     except errors.HyperswitchRejected as exc:
+        if isinstance(exc, errors.HyperswitchUnauthorized) and invoice.kind == Kind.PRORATION:
+            log.error(
+                "subscription %s: the payment provider refused our API key (%s): check HYPERSWITCH_API_KEY;"
+                " upgrade payment %s stays pending for the reconciler",
+                subscription.id,
+                exc,
+                invoice.payment_id,
+            )
+            return "ambiguous"  # a misconfiguration, not an answer about the payment
         reason = exc.message or exc.code
         log.warning("subscription %s: payment %s rejected: %s", subscription.id, invoice.payment_id, reason)
         settle(conn, subscription, invoice, {"status": "failed", "error_message": reason})
@@ -282,6 +346,9 @@ def settle(
     if subscription.status in model.ENDED:
         what = f"a {subscription.status} subscription"
         return _refund_unwanted(conn, invoice, outcome.captured, what, ledger.REVENUE)
+    if invoice.kind == Kind.PRORATION:
+        _upgrade(conn, subscription, invoice, payment)
+        return "ok"
     if _already_paid_for(subscription, invoice):
         return _refund_unwanted(conn, invoice, outcome.captured, "a period already paid", ledger.REVENUE)
     _activate(conn, subscription, invoice, payment)
@@ -290,20 +357,41 @@ def settle(
 
 def _already_paid_for(subscription: Subscription, invoice: Invoice) -> bool:
     """A renewal for a period the subscription already runs past (paid by another attempt)."""
-    if invoice.first or subscription.status != model.Status.ACTIVE:
+    if invoice.kind != Kind.RENEWAL or subscription.status != model.Status.ACTIVE:
         return False
     return periods.covers(subscription.current_period_end, invoice.period_end)
+
+
+def _upgrade(
+    conn: db.Connection, subscription: Subscription, invoice: Invoice, payment: Mapping[str, Any]
+) -> None:
+    """An upgrade is paid: its plan is in force from now on, in the same period."""
+    params = {
+        "subscription_id": subscription.id,
+        "plan_id": invoice.plan_id,
+        "payment_method_id": _method(payment),
+    }
+    conn.execute(QUERIES["pay_upgrade"], params)
+    log.info(
+        "subscription %s upgraded to plan %s: invoice %s paid", subscription.id, invoice.plan_id, invoice.id
+    )
+
+
+def _method(payment: Mapping[str, Any]) -> str | None:
+    method = payment.get("payment_method_id")
+    return method if isinstance(method, str) and method else None
 
 
 def _activate(
     conn: db.Connection, subscription: Subscription, invoice: Invoice, payment: Mapping[str, Any]
 ) -> None:
-    method = payment.get("payment_method_id")
-    period = _period_paid(conn, subscription, invoice)
+    plan = model.get_plan(conn, invoice.plan_id or subscription.plan_id)
+    period = _period_paid(plan, invoice)
     params = {
         "subscription_id": subscription.id,
         "invoice_id": invoice.id,
-        "payment_method_id": method if isinstance(method, str) and method else None,
+        "plan_id": plan.id,
+        "payment_method_id": _method(payment),
         "period_start": period.start,
         "period_end": period.end,
     }
@@ -313,21 +401,21 @@ def _activate(
     )
 
 
-def _period_paid(conn: db.Connection, subscription: Subscription, invoice: Invoice) -> periods.Period:
-    """A renewal pays for the period it was created for; a first payment's period starts now."""
+def _period_paid(plan: model.Plan, invoice: Invoice) -> periods.Period:
+    """A renewal pays for the period it was created for; a first payment's, on its plan, starts now."""
     if invoice.period_start is not None and invoice.period_end is not None:
         return periods.Period(invoice.period_start, invoice.period_end)
-    plan = model.get_plan(conn, subscription.plan_id)
     return periods.starting(datetime.now(UTC), plan.interval)
 
 
 def _fail(conn: db.Connection, subscription: Subscription, invoice: Invoice) -> None:
-    """A first payment that fails expires the subscription; a renewal's makes it past_due (dunning)."""
+    """A first payment that fails expires the subscription; a renewal's makes it past_due (dunning);
+    a failed upgrade (or a free plan's) leaves the subscription as it is, on its plan."""
     conn.execute(QUERIES["fail_invoice"], {"invoice_id": invoice.id})
     if subscription.status == model.Status.PENDING_PAYMENT:
         model.set_status(conn, subscription.id, model.Status.EXPIRED)
         log.info("subscription %s expired: first payment %s failed", subscription.id, invoice.payment_id)
-    elif subscription.status in (model.Status.ACTIVE, model.Status.PAST_DUE) and not invoice.first:
+    elif subscription.status in (model.Status.ACTIVE, model.Status.PAST_DUE) and invoice.kind == Kind.RENEWAL:
         model.set_past_due(conn, subscription.id)
         log.info(
             "subscription %s past_due: renewal %s attempt %d failed",

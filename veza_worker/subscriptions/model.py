@@ -51,6 +51,7 @@ class Subscription:
     canceled_at: datetime | None
     past_due_since: datetime | None
     dunning_step: int
+    pending_plan_id: uuid.UUID | None  # a plan change the next renewal applies (see plan_changes.py)
 
     @property
     def customer_id(self) -> str:
@@ -80,3 +81,13 @@ def set_past_due(conn: db.Connection, subscription_id: uuid.UUID) -> None:
     """A renewal payment failed, or there is no saved method to charge it: past_due, and dunning
     counts its steps from the period's first failure."""
     conn.execute(QUERIES["set_past_due"], {"subscription_id": subscription_id})
+
+
+def switch_plan(conn: db.Connection, subscription_id: uuid.UUID, plan_id: uuid.UUID) -> None:
+    """The plan in force is `plan_id` from now on; a pending change is spent."""
+    conn.execute(QUERIES["switch_plan"], {"subscription_id": subscription_id, "plan_id": plan_id})
+
+
+def set_pending_plan(conn: db.Connection, subscription_id: uuid.UUID, plan_id: uuid.UUID | None) -> None:
+    """The plan the next renewal bills and switches to; None: the plan in force renews."""
+    conn.execute(QUERIES["set_pending_plan"], {"subscription_id": subscription_id, "plan_id": plan_id})
