@@ -19,11 +19,13 @@ from tests.fake_hyperswitch import FakeHyperswitch, dispute, settle_payment, set
 from tests.support import PSP_API_KEY, make_order, process, row, rows, store_event
 from veza_worker import audit, hyperswitch, ledger, refunds
 from veza_worker.settings import Settings
+from veza_worker.subscriptions import commands
 
 BUYER = uuid.UUID(int=0xB0B)
 SELLER_A, SELLER_B = uuid.UUID(int=0xA), uuid.UUID(int=0xB)
 SELLER = uuid.uuid4()  # the one seller of a stuck order
 REFUND_WINDOW = timedelta(days=14)
+DAY = timedelta(days=1)
 
 
 def make_plan(
@@ -223,3 +225,49 @@ def moved(fake: FakeHyperswitch, opened: dict[str, Any], status: str) -> dict[st
 
 def payment_of(conn: psycopg.Connection[Any], order_id: uuid.UUID) -> str:
     return str(row(conn, "SELECT payment_id FROM orders WHERE id = %s", order_id)["payment_id"])
+
+
+# -- subscriptions ------------------------------------------------------------------------------------
+
+
+def paid_up(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+    plan_id: uuid.UUID,
+    user: uuid.UUID | None = None,
+) -> uuid.UUID:
+    """A subscription whose first payment the customer completed on-session: active, method saved."""
+    out = commands.subscribe(conn, client, user or uuid.uuid4(), plan_id)
+    payment = settle_payment(fake, out["payment_id"], "succeeded")
+    assert process(settings, store_event(conn, "payment_succeeded", payment)) == "ok"
+    return uuid.UUID(out["subscription_id"])
+
+
+def travel(conn: psycopg.Connection[Any], subscription_id: uuid.UUID, by: timedelta) -> None:
+    """Move a subscription `by` into the future: every time it and its invoices hold goes back."""
+    conn.execute(
+        "UPDATE user_subscriptions SET current_period_start = current_period_start - %(by)s,"
+        " current_period_end = current_period_end - %(by)s, trial_ends_at = trial_ends_at - %(by)s,"
+        " past_due_since = past_due_since - %(by)s, created_at = created_at - %(by)s WHERE id = %(id)s",
+        {"by": by, "id": subscription_id},
+    )
+    conn.execute(
+        "UPDATE subscription_invoices SET created_at = created_at - %(by)s,"
+        " period_start = period_start - %(by)s, period_end = period_end - %(by)s,"
+        " submitted_at = submitted_at - %(by)s WHERE subscription_id = %(id)s",
+        {"by": by, "id": subscription_id},
+    )
+
+
+def to_period_end(
+    conn: psycopg.Connection[Any], subscription_id: uuid.UUID, past: timedelta = DAY / 24
+) -> None:
+    """Travel to just past the current period's end."""
+    left = row(
+        conn,
+        "SELECT current_period_end - now() AS left FROM user_subscriptions WHERE id = %s",
+        subscription_id,
+    )
+    travel(conn, subscription_id, left["left"] + past)

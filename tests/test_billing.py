@@ -20,30 +20,13 @@ import dramatiq
 import psycopg
 import pytest
 
-from tests.factories import OwnConnections, make_plan
+from tests.factories import DAY, OwnConnections, make_plan, paid_up, to_period_end, travel
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, revoke_mandate, settle_payment
 from tests.support import PSP_API_KEY, at_once, join, log_rows, process, row, rows, run_cli, store_event
 from veza_worker import automatic_refunds, errors, hyperswitch, reconcile
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import billing, commands
 from veza_worker.subscriptions import gate as feature_gate  # `gate` is this file's helper
-
-DAY = timedelta(days=1)
-
-
-def paid_up(
-    conn: psycopg.Connection[Any],
-    client: hyperswitch.Client,
-    fake: FakeHyperswitch,
-    settings: Settings,
-    plan_id: uuid.UUID,
-    user: uuid.UUID | None = None,
-) -> uuid.UUID:
-    """A subscription whose first payment the customer completed on-session: active, method saved."""
-    out = commands.subscribe(conn, client, user or uuid.uuid4(), plan_id)
-    payment = settle_payment(fake, out["payment_id"], "succeeded")
-    assert process(settings, store_event(conn, "payment_succeeded", payment)) == "ok"
-    return uuid.UUID(out["subscription_id"])
 
 
 def sub(conn: psycopg.Connection[Any], subscription_id: uuid.UUID) -> dict[str, Any]:
@@ -56,34 +39,6 @@ def invoices_of(conn: psycopg.Connection[Any], subscription_id: uuid.UUID) -> li
         "SELECT * FROM subscription_invoices WHERE subscription_id = %s ORDER BY created_at, attempt",
         subscription_id,
     )
-
-
-def travel(conn: psycopg.Connection[Any], subscription_id: uuid.UUID, by: timedelta) -> None:
-    """Move a subscription `by` into the future: every time it and its invoices hold goes back."""
-    conn.execute(
-        "UPDATE user_subscriptions SET current_period_start = current_period_start - %(by)s,"
-        " current_period_end = current_period_end - %(by)s, trial_ends_at = trial_ends_at - %(by)s,"
-        " past_due_since = past_due_since - %(by)s, created_at = created_at - %(by)s WHERE id = %(id)s",
-        {"by": by, "id": subscription_id},
-    )
-    conn.execute(
-        "UPDATE subscription_invoices SET created_at = created_at - %(by)s,"
-        " period_start = period_start - %(by)s, period_end = period_end - %(by)s,"
-        " submitted_at = submitted_at - %(by)s WHERE subscription_id = %(id)s",
-        {"by": by, "id": subscription_id},
-    )
-
-
-def to_period_end(
-    conn: psycopg.Connection[Any], subscription_id: uuid.UUID, past: timedelta = DAY / 24
-) -> None:
-    """Travel to just past the current period's end."""
-    left = row(
-        conn,
-        "SELECT current_period_end - now() AS left FROM user_subscriptions WHERE id = %s",
-        subscription_id,
-    )
-    travel(conn, subscription_id, left["left"] + past)
 
 
 def gate(conn: psycopg.Connection[Any], subscription_id: uuid.UUID, settings: Settings) -> dict[str, Any]:
