@@ -26,7 +26,7 @@ from tests.factories import (
     to_period_end,
 )
 from tests.fake_hyperswitch import FakeHyperswitch, cancel_after_capture, refund_from_dashboard
-from tests.support import PSP_API_KEY, make_order, process, row, rows, store, store_event
+from tests.support import PSP_API_KEY, make_order, process, row, rows, store_event
 from veza_worker import hyperswitch, ledger, refunds
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import billing
@@ -224,7 +224,7 @@ def test_action_required_on_a_payment_the_customer_is_making_is_informational(
     assert fake.calls_to("POST", "/payments/") == []
 
 
-# -- informational and unknown ------------------------------------------------------------------------
+# -- informational --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("event_type", INFORMATIONAL)
@@ -247,15 +247,6 @@ def test_an_informational_event_is_recorded_and_changes_nothing(
     assert [r["processing_result"] for r in logged] == ["skipped: informational"] * 3
     assert state(conn, order_id) == before
     assert_audit_ok(conn)
-
-
-def test_an_unknown_event_type_stays_unhandled(conn: psycopg.Connection[Any], settings: Settings) -> None:
-    from tests.support import envelope
-
-    assert (
-        process(settings, store(conn, envelope("payment_frobnicated")))
-        == "skipped: unhandled payment_frobnicated"
-    )
 
 
 # -- refunds made at the PSP of a subscription invoice's payment --------------------------------------

@@ -21,7 +21,8 @@ from veza_worker.settings import Settings
         (b'["a", "list"]', "error: invalid envelope: not a JSON object"),
         (b'{"content": {}}', "error: missing event_type"),
         (envelope("dispute_opened"), "error: missing dispute_id or payment_id"),
-        (envelope("mandate_active"), "skipped: unhandled mandate_active"),
+        (envelope("mandate_active"), "skipped: informational"),
+        (envelope("payment_frobnicated"), "skipped: unhandled payment_frobnicated"),
         (b'{"event_type": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "error: invalid json"),
         (
             b'{"event_type": "payment_succeeded", "content": {"object": {"payment_id": 7}}}',
