@@ -231,13 +231,9 @@ def test_a_lost_dispute_on_a_subscription_payment_cancels_it(
 
 
 def test_a_withheld_dispute_webhook_is_found_by_one_tick(
-    conn: psycopg.Connection[Any],
-    client: hyperswitch.Client,
-    fake: FakeHyperswitch,
-    settings: Settings,
-    psp_settings: Settings,
+    conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, psp_settings: Settings
 ) -> None:
-    order_id = three_items(conn, settings, fake)
+    order_id = three_items(conn, psp_settings, fake)
     dispute(fake, payment_of(conn, order_id), "dispute_opened")  # Hyperswitch gave up on its webhook
 
     counts = reconcile.tick(conn, client, psp_settings)["disputes"]
@@ -250,15 +246,11 @@ def test_a_withheld_dispute_webhook_is_found_by_one_tick(
 
 
 def test_a_dispute_closed_while_its_webhook_was_lost_is_found_through_its_get(
-    conn: psycopg.Connection[Any],
-    client: hyperswitch.Client,
-    fake: FakeHyperswitch,
-    settings: Settings,
-    psp_settings: Settings,
+    conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, psp_settings: Settings
 ) -> None:
-    order_id = three_items(conn, settings, fake)
+    order_id = three_items(conn, psp_settings, fake)
     opened = dispute(fake, payment_of(conn, order_id), "dispute_opened")
-    deliver(conn, settings, opened)
+    deliver(conn, psp_settings, opened)
     moved(fake, opened, "dispute_lost")  # webhook lost
     fake.unlisted.add(opened["dispute_id"])  # and the list no longer shows it (older than its page)
 

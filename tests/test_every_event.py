@@ -18,6 +18,7 @@ from tests.factories import (
     SELLER_B,
     account,
     assert_audit_ok,
+    make_plan,
     paid_up,
     payment_of,
     psp_settles,
@@ -29,7 +30,7 @@ from tests.fake_hyperswitch import FakeHyperswitch, cancel_after_capture, refund
 from tests.support import PSP_API_KEY, make_order, process, row, rows, store_event
 from veza_worker import hyperswitch, ledger, refunds
 from veza_worker.settings import Settings
-from veza_worker.subscriptions import billing
+from veza_worker.subscriptions import billing, commands
 
 INFORMATIONAL = [
     "payment_processing",
@@ -48,13 +49,24 @@ def delivered_twice_more(
     return [process(settings, log_id), process(settings, store_event(conn, event_type, obj))]
 
 
-def first_invoice(conn: psycopg.Connection[Any], subscription_id: uuid.UUID) -> dict[str, Any]:
-    return row(
-        conn,
-        "SELECT id, payment_id, amount FROM subscription_invoices"
-        " WHERE subscription_id = %s AND status = 'paid'",
-        subscription_id,
-    )
+@pytest.fixture
+def paid_invoice(
+    conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, settings: Settings
+) -> dict[str, Any]:
+    """An active subscription's first invoice, paid (9.99 EUR): its id and payment_id."""
+    paid_up(conn, client, fake, settings, make_plan(conn, 999))
+    return row(conn, "SELECT id, payment_id FROM subscription_invoices WHERE status = 'paid'")
+
+
+@pytest.fixture
+def renewal_in_flight(
+    conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, psp_settings: Settings
+) -> dict[str, Any]:
+    """An off-session renewal the PSP holds `processing`: the pending invoice's id and payment_id."""
+    to_period_end(conn, paid_up(conn, client, fake, psp_settings, make_plan(conn, 999)))
+    fake.off_session_outcomes.append("processing")
+    billing.renew(conn, client, psp_settings)
+    return row(conn, "SELECT id, payment_id FROM subscription_invoices WHERE status = 'pending'")
 
 
 # -- payment_cancelled_post_capture -----------------------------------------------------------------
@@ -63,10 +75,10 @@ def first_invoice(conn: psycopg.Connection[Any], subscription_id: uuid.UUID) -> 
 def test_a_payment_cancelled_after_capture_reverses_what_is_left_of_the_order(
     conn: psycopg.Connection[Any],
     client: hyperswitch.Client,
-    fake: FakeHyperswitch,
     settings: Settings,
     psp: tuple[str, FakeHyperswitch],
 ) -> None:
+    fake = psp[1]
     order_id = three_items(conn, settings, fake)
     b200 = row(conn, "SELECT id FROM order_items WHERE order_id = %s AND seller_id = %s", order_id, SELLER_B)
     out = refunds.request(conn, client, order_id, BUYER, items=[b200["id"]], refund_window=REFUND_WINDOW)
@@ -107,14 +119,9 @@ def test_a_payment_cancelled_after_capture_reverses_what_is_left_of_the_order(
 
 
 def test_a_payment_cancelled_after_capture_of_a_paid_invoice_cancels_the_subscription(
-    conn: psycopg.Connection[Any],
-    client: hyperswitch.Client,
-    fake: FakeHyperswitch,
-    settings: Settings,
-    monthly: uuid.UUID,
+    conn: psycopg.Connection[Any], fake: FakeHyperswitch, settings: Settings, paid_invoice: dict[str, Any]
 ) -> None:
-    subscription_id = paid_up(conn, client, fake, settings, monthly)
-    invoice = first_invoice(conn, subscription_id)
+    invoice = paid_invoice
     assert account(conn, ledger.REVENUE) == 999
 
     cancelled = cancel_after_capture(fake, invoice["payment_id"])
@@ -132,17 +139,21 @@ def test_a_payment_cancelled_after_capture_of_a_paid_invoice_cancels_the_subscri
     assert_audit_ok(conn)
 
 
-def test_a_payment_cancelled_after_capture_that_we_held_pending_fails_the_order(
-    conn: psycopg.Connection[Any], fake: FakeHyperswitch, settings: Settings
+@pytest.mark.parametrize(
+    ("event_type", "status"),
+    [("payment_expired", "expired"), ("payment_cancelled_post_capture", "cancelled_post_capture")],
+)
+def test_a_payment_that_expired_or_was_cancelled_after_capture_while_pending_fails_the_order(
+    conn: psycopg.Connection[Any], settings: Settings, event_type: str, status: str
 ) -> None:
     payment_id = hyperswitch.merchant_id("pay", uuid.uuid4())
     order_id = make_order(conn, [(SELLER_A, 700)], payment_id=payment_id)
-    obj = {"payment_id": payment_id, "status": "cancelled_post_capture", "amount": 700, "currency": "USD"}
+    obj = {"payment_id": payment_id, "status": status, "amount": 700, "currency": "USD"}
 
-    assert process(settings, store_event(conn, "payment_cancelled_post_capture", obj)) == "ok"
+    assert process(settings, store_event(conn, event_type, obj)) == "ok"  # as payment_failed
 
     assert row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"] == "failed"
-    assert delivered_twice_more(conn, settings, "payment_cancelled_post_capture", obj) == [
+    assert delivered_twice_more(conn, settings, event_type, obj) == [
         "skipped: order already failed",
         "skipped: order already failed",
     ]
@@ -150,38 +161,16 @@ def test_a_payment_cancelled_after_capture_that_we_held_pending_fails_the_order(
     assert_audit_ok(conn)
 
 
-# -- payment_expired, action_required ----------------------------------------------------------------
-
-
-def test_an_expired_payment_fails_the_order_as_a_failed_one_does(
-    conn: psycopg.Connection[Any], settings: Settings
-) -> None:
-    payment_id = hyperswitch.merchant_id("pay", uuid.uuid4())
-    order_id = make_order(conn, [(SELLER_A, 700)], payment_id=payment_id)
-    obj = {"payment_id": payment_id, "status": "expired", "amount": 700, "currency": "USD"}
-
-    assert process(settings, store_event(conn, "payment_expired", obj)) == "ok"
-
-    assert row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"] == "failed"
-    assert delivered_twice_more(conn, settings, "payment_expired", obj) == [
-        "skipped: order already failed",
-        "skipped: order already failed",
-    ]
-    assert_audit_ok(conn)
+# -- action_required ----------------------------------------------------------------------------------
 
 
 def test_action_required_on_an_off_session_renewal_cancels_it_and_dunning_begins(
     conn: psycopg.Connection[Any],
-    client: hyperswitch.Client,
     fake: FakeHyperswitch,
     psp_settings: Settings,
-    monthly: uuid.UUID,
+    renewal_in_flight: dict[str, Any],
 ) -> None:
-    subscription_id = paid_up(conn, client, fake, psp_settings, monthly)
-    to_period_end(conn, subscription_id)
-    fake.off_session_outcomes.append("processing")
-    billing.renew(conn, client, psp_settings)
-    renewal = row(conn, "SELECT id, payment_id FROM subscription_invoices WHERE status = 'pending'")
+    renewal = renewal_in_flight
     fake.payments[renewal["payment_id"]]["status"] = "requires_customer_action"  # the bank wants 3DS
 
     action = dict(fake.payments[renewal["payment_id"]])
@@ -205,18 +194,12 @@ def test_action_required_on_an_off_session_renewal_cancels_it_and_dunning_begins
 
 
 def test_action_required_on_a_payment_the_customer_is_making_is_informational(
-    conn: psycopg.Connection[Any],
-    client: hyperswitch.Client,
-    fake: FakeHyperswitch,
-    psp_settings: Settings,
-    monthly: uuid.UUID,
+    conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, settings: Settings
 ) -> None:
-    from veza_worker.subscriptions import commands
-
-    out = commands.subscribe(conn, client, uuid.uuid4(), monthly)
+    out = commands.subscribe(conn, client, uuid.uuid4(), make_plan(conn, 999))
     action = {**fake.payments[out["payment_id"]], "status": "requires_customer_action"}
 
-    assert [process(psp_settings, store_event(conn, "action_required", action)) for _ in range(3)] == [
+    assert [process(settings, store_event(conn, "action_required", action)) for _ in range(3)] == [
         "skipped: informational"
     ] * 3
 
@@ -252,58 +235,36 @@ def test_an_informational_event_is_recorded_and_changes_nothing(
 # -- refunds made at the PSP of a subscription invoice's payment --------------------------------------
 
 
-def test_a_partial_dashboard_refund_of_an_invoice_payment_is_adopted_and_the_subscription_goes_on(
-    conn: psycopg.Connection[Any],
-    client: hyperswitch.Client,
-    fake: FakeHyperswitch,
-    settings: Settings,
-    monthly: uuid.UUID,
+def test_dashboard_refunds_of_an_invoice_payment_are_adopted_and_in_full_cancel_the_subscription(
+    conn: psycopg.Connection[Any], fake: FakeHyperswitch, settings: Settings, paid_invoice: dict[str, Any]
 ) -> None:
-    subscription_id = paid_up(conn, client, fake, settings, monthly)
-    invoice = first_invoice(conn, subscription_id)
-
-    refund = refund_from_dashboard(fake, invoice["payment_id"], 300, "succeeded")
-    assert process(settings, store_event(conn, "refund_succeeded", refund)) == "ok"
+    partial = refund_from_dashboard(fake, paid_invoice["payment_id"], 300, "succeeded")
+    assert process(settings, store_event(conn, "refund_succeeded", partial)) == "ok"
 
     adopted = row(conn, "SELECT id, invoice_id, order_id, amount, status, automatic FROM refunds")
-    assert (adopted["invoice_id"], adopted["order_id"], adopted["amount"]) == (invoice["id"], None, 300)
+    assert (adopted["invoice_id"], adopted["order_id"], adopted["amount"]) == (paid_invoice["id"], None, 300)
     assert (adopted["status"], adopted["automatic"]) == ("succeeded", False)
     assert account(conn, ledger.REVENUE) == 699
     posting = row(
         conn, "SELECT invoice_id, order_id FROM ledger_transactions WHERE refund_id = %s", adopted["id"]
     )
-    assert posting == {"invoice_id": invoice["id"], "order_id": None}
-    assert row(conn, "SELECT status FROM user_subscriptions")["status"] == "active"
-    assert delivered_twice_more(conn, settings, "refund_succeeded", refund) == [
+    assert posting == {"invoice_id": paid_invoice["id"], "order_id": None}
+    assert row(conn, "SELECT status FROM user_subscriptions")["status"] == "active"  # it goes on
+    assert delivered_twice_more(conn, settings, "refund_succeeded", partial) == [
         "skipped: refund already succeeded",
         "skipped: refund already succeeded",
     ]
     assert account(conn, ledger.REVENUE) == 699
     assert_audit_ok(conn)
 
-
-def test_an_invoice_payment_paid_back_in_full_at_the_psp_cancels_the_subscription(
-    conn: psycopg.Connection[Any],
-    client: hyperswitch.Client,
-    fake: FakeHyperswitch,
-    settings: Settings,
-    monthly: uuid.UUID,
-) -> None:
-    subscription_id = paid_up(conn, client, fake, settings, monthly)
-    invoice = first_invoice(conn, subscription_id)
-    first = refund_from_dashboard(fake, invoice["payment_id"], 300, "succeeded")
-    assert process(settings, store_event(conn, "refund_succeeded", first)) == "ok"
-    rest = refund_from_dashboard(fake, invoice["payment_id"], 699, "pending")
+    rest = refund_from_dashboard(fake, paid_invoice["payment_id"], 699, "pending")  # the rest, pending first
     assert process(settings, store_event(conn, "refund_succeeded", {**rest, "status": "pending"})) == "ok"
     assert row(conn, "SELECT status FROM user_subscriptions")["status"] == "active"  # not back yet
-
     rest["status"] = "succeeded"
     assert process(settings, store_event(conn, "refund_succeeded", rest)) == "ok"
 
-    assert row(conn, "SELECT status FROM user_subscriptions")["status"] == "canceled"
-    assert [r["status"] for r in rows(conn, "SELECT status FROM refunds ORDER BY amount")] == [
-        "succeeded"
-    ] * 2
+    assert row(conn, "SELECT status FROM user_subscriptions")["status"] == "canceled"  # paid back in full
+    assert [r["status"] for r in rows(conn, "SELECT status FROM refunds")] == ["succeeded"] * 2
     assert account(conn, ledger.REVENUE) == 0
     assert delivered_twice_more(conn, settings, "refund_succeeded", rest) == [
         "skipped: refund already succeeded",

@@ -64,15 +64,11 @@ def refused_once(done: Any, command: str) -> None:
 
 @pytest.fixture
 def unsent_renewal(
-    conn: psycopg.Connection[Any],
-    client: hyperswitch.Client,
-    fake: FakeHyperswitch,
-    psp_settings: Settings,
-    monthly: uuid.UUID,
+    conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, psp_settings: Settings
 ) -> uuid.UUID:
     """A paid subscription whose renewal's create was ambiguous (it never reached the PSP), and
     whose payment cancels will fail for a while: the invoice stays pending and unsent."""
-    subscription_id = paid_up(conn, client, fake, psp_settings, monthly)
+    subscription_id = paid_up(conn, client, fake, psp_settings, make_plan(conn, 999))
     to_period_end(conn, subscription_id)
     fake.fail_next("POST /payments", Failure(504, "HE_00", "gateway timeout"))
     assert billing.renew(conn, client, psp_settings)["ambiguous"] == 1
@@ -81,54 +77,42 @@ def unsent_renewal(
     return subscription_id
 
 
-def never_sent_again(
+def cancel_now(conn: psycopg.Connection[Any], client: hyperswitch.Client, subscription_id: uuid.UUID) -> None:
+    commands.cancel(conn, client, subscription_id, now=True)
+
+
+def lose_a_dispute(conn: psycopg.Connection[Any], fake: FakeHyperswitch, settings: Settings) -> None:
+    first = row(conn, "SELECT payment_id FROM subscription_invoices WHERE status = 'paid'")["payment_id"]
+    assert process(settings, store_event(conn, "dispute_lost", dispute(fake, first, "dispute_lost"))) == "ok"
+
+
+@pytest.mark.parametrize("how", ["cancel-subscription --now", "a lost dispute"])
+def test_f5_an_unsent_invoice_of_a_subscription_canceled_is_never_sent(
     conn: psycopg.Connection[Any],
     client: hyperswitch.Client,
-    fake: FakeHyperswitch,
+    psp: tuple[str, FakeHyperswitch],
     psp_settings: Settings,
-    subscription_id: uuid.UUID,
+    unsent_renewal: uuid.UUID,
+    how: str,
 ) -> None:
-    assert subscription(conn, subscription_id)["status"] == "canceled"
+    fake = psp[1]
+    if how == "a lost dispute":
+        lose_a_dispute(conn, fake, psp_settings)
+    else:
+        cancel_now(conn, client, unsent_renewal)
+    assert subscription(conn, unsent_renewal)["status"] == "canceled"
+    assert invoice_of(conn, unsent_renewal)["status"] == "pending"  # its cancel failed
     sent_before = len(creates(fake))
-    travel(conn, subscription_id, timedelta(minutes=10))  # past UNSENT_AFTER
+    travel(conn, unsent_renewal, timedelta(minutes=10))  # past UNSENT_AFTER
 
     assert billing.renew(conn, client, psp_settings)["resent"] == 0
-    travel(conn, subscription_id, timedelta(days=1))  # stuck for the reconciler
+    travel(conn, unsent_renewal, timedelta(days=1))  # stuck for the reconciler
     assert reconcile.tick(conn, client, psp_settings)["subscriptions"] == {"checked": 1, "settled": 1}
 
     assert len(creates(fake)) == sent_before
-    assert invoice_of(conn, subscription_id)["status"] == "failed"
-    assert subscription(conn, subscription_id)["status"] == "canceled"
+    assert invoice_of(conn, unsent_renewal)["status"] == "failed"
+    assert subscription(conn, unsent_renewal)["status"] == "canceled"
     assert_audit_ok(conn)
-
-
-def test_f5_an_unsent_invoice_of_a_subscription_canceled_now_is_never_sent(
-    conn: psycopg.Connection[Any],
-    client: hyperswitch.Client,
-    fake: FakeHyperswitch,
-    psp_settings: Settings,
-    unsent_renewal: uuid.UUID,
-) -> None:
-    commands.cancel(conn, client, unsent_renewal, now=True)
-
-    assert invoice_of(conn, unsent_renewal)["status"] == "pending"  # its cancel failed
-    never_sent_again(conn, client, fake, psp_settings, unsent_renewal)
-
-
-def test_f5_an_unsent_invoice_of_a_subscription_canceled_by_a_lost_dispute_is_never_sent(
-    conn: psycopg.Connection[Any],
-    client: hyperswitch.Client,
-    fake: FakeHyperswitch,
-    psp_settings: Settings,
-    unsent_renewal: uuid.UUID,
-) -> None:
-    first = row(conn, "SELECT payment_id FROM subscription_invoices WHERE status = 'paid'")["payment_id"]
-    lost = dispute(fake, first, "dispute_lost")
-
-    assert process(psp_settings, store_event(conn, "dispute_lost", lost)) == "ok"
-
-    assert invoice_of(conn, unsent_renewal)["status"] == "pending"  # its cancel failed
-    never_sent_again(conn, client, fake, psp_settings, unsent_renewal)
 
 
 # -- F7 ---------------------------------------------------------------------------------------------
@@ -160,13 +144,9 @@ def test_f7_a_refused_key_at_trial_end_leaves_the_invoices_unsent_not_the_subscr
 
 
 def test_f7_a_refused_key_on_a_renewal_leaves_it_unsent_and_the_subscription_active(
-    conn: psycopg.Connection[Any],
-    client: hyperswitch.Client,
-    fake: FakeHyperswitch,
-    psp_settings: Settings,
-    monthly: uuid.UUID,
+    conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, psp_settings: Settings
 ) -> None:
-    subscription_id = paid_up(conn, client, fake, psp_settings, monthly)
+    subscription_id = paid_up(conn, client, fake, psp_settings, make_plan(conn, 999))
     to_period_end(conn, subscription_id)
 
     done = run_cli("-v", "renew", settings=psp_settings, HYPERSWITCH_API_KEY=REVOKED)

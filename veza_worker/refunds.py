@@ -316,24 +316,26 @@ def adopt(conn: db.Connection, order: orders.Order, psp_id: str, event: Event) -
     """Record a refund made in the Hyperswitch dashboard or API, whatever the order's status. Its
     success is the PSP's fact and always posts: against the items left when it is for exactly
     their amount, else to platform:unallocated with a discrepancy."""
+    adopted = _adopted(conn, psp_id, event, order.currency, {"order_id": order.id})
+    if isinstance(adopted, str):
+        return adopted
+    refund = lock(conn, adopted[0])
+    assert refund is not None
+    return settle(conn, order, refund, "succeeded", None, adopted[1])
+
+
+def _adopted(
+    conn: db.Connection, psp_id: str, event: Event, currency: str, owner: dict[str, uuid.UUID]
+) -> tuple[uuid.UUID, int] | str:
+    """Record a refund made at the PSP for its owner (`order_id` or `invoice_id`): (its id,
+    amount) when its success is to be applied now, else the delivery's final result."""
     amount = _psp_amount(event)
     if amount is None:
         return "error: invalid refund amount"
-    status = _psp_status(event)
-    refund_id = _record_made_at_psp(conn, psp_id, event, amount, order.currency, order_id=order.id)
-    log.warning(
-        "refund %s made at the payment provider for order %s: %d %s %s, adopted",
-        psp_id,
-        order.id,
-        amount,
-        order.currency,
-        status,
-    )
-    if status != "succeeded" or refund_id is None:
+    refund_id = _record_made_at_psp(conn, psp_id, event, amount, currency, owner)
+    if _psp_status(event) != "succeeded" or refund_id is None:
         return "ok"
-    refund = lock(conn, refund_id)
-    assert refund is not None
-    return settle(conn, order, refund, status, None, amount)
+    return refund_id, amount
 
 
 def _psp_amount(event: Event) -> int | None:
@@ -349,9 +351,7 @@ def _record_made_at_psp(
     event: Event,
     amount: int,
     currency: str,
-    *,
-    order_id: uuid.UUID | None = None,
-    invoice_id: uuid.UUID | None = None,
+    owner: dict[str, uuid.UUID],
     note: str = MADE_AT_PSP,
 ) -> uuid.UUID | None:
     """The refund row of money the PSP gave back without us asking, `pending` until settled (a
@@ -361,8 +361,8 @@ def _record_made_at_psp(
     reason = event.data.get("reason")
     params = {
         "id": uuid.uuid4(),
-        "order_id": order_id,
-        "invoice_id": invoice_id,
+        "order_id": owner.get("order_id"),
+        "invoice_id": owner.get("invoice_id"),
         "amount": amount,
         "currency": currency,
         "reason": reason if isinstance(reason, str) else DEFAULT_REASON,
@@ -372,7 +372,11 @@ def _record_made_at_psp(
         "error_message": message if isinstance(message, str) and status == "failed" else None,
     }
     row = conn.execute(QUERIES["insert_adopted_refund"], params).fetchone()
-    return row[0] if row else None
+    if row is None:
+        return None
+    of = " ".join(f"{key.removesuffix('_id')} {value}" for key, value in owner.items())
+    log.warning("refund %s (%s) for %s: %d %s %s, adopted", psp_id, note, of, amount, currency, status)
+    return uuid.UUID(str(row[0]))
 
 
 # -- a payment cancelled after capture --------------------------------------------------------------
@@ -391,20 +395,13 @@ def cancel_after_capture(conn: db.Connection, order: orders.Order, event: Event)
     amount = sum(item.amount for item in left)
     psp_id = f"{order.payment_id}:{CANCELLED_POST_CAPTURE}"
     refund_id = _record_made_at_psp(
-        conn, psp_id, event, amount, order.currency, order_id=order.id, note=CANCELLED_NOTE
+        conn, psp_id, event, amount, order.currency, {"order_id": order.id}, note=CANCELLED_NOTE
     )
     if refund_id is None:
         return "skipped: payment already cancelled after capture"
     _add_items(conn, refund_id, [item.id for item in left])
     refund = lock(conn, refund_id)
     assert refund is not None
-    log.warning(
-        "order %s: payment %s cancelled after capture: %d %s back",
-        order.id,
-        order.payment_id,
-        amount,
-        order.currency,
-    )
     return _succeed(conn, order, refund)
 
 
@@ -423,17 +420,10 @@ def cancel_invoice_after_capture(
         return "skipped: nothing left to reverse"
     psp_id = f"{invoice.payment_id}:{CANCELLED_POST_CAPTURE}"
     refund_id = _record_made_at_psp(
-        conn, psp_id, event, left, invoice.currency, invoice_id=invoice.id, note=CANCELLED_NOTE
+        conn, psp_id, event, left, invoice.currency, {"invoice_id": invoice.id}, note=CANCELLED_NOTE
     )
     if refund_id is None:
         return "skipped: payment already cancelled after capture"
-    log.warning(
-        "invoice %s: payment %s cancelled after capture: %d %s back",
-        invoice.id,
-        invoice.payment_id,
-        left,
-        invoice.currency,
-    )
     return _succeed_for_invoice(conn, subscription, invoice, refund_id, left, settings)
 
 
@@ -446,22 +436,10 @@ def _adopt_for_invoice(
     """A refund made at the PSP of an invoice's payment: revenue gives it back; paid back in full,
     the subscription is `canceled`."""
     subscription, invoice = invoices.lock_pair(conn, invoice_id)
-    amount = _psp_amount(event)
-    if amount is None:
-        return "error: invalid refund amount"
-    status = _psp_status(event)
-    refund_id = _record_made_at_psp(conn, psp_id, event, amount, invoice.currency, invoice_id=invoice.id)
-    log.warning(
-        "refund %s made at the payment provider for invoice %s: %d %s %s, adopted",
-        psp_id,
-        invoice.id,
-        amount,
-        invoice.currency,
-        status,
-    )
-    if status != "succeeded" or refund_id is None:
-        return "ok"
-    return _succeed_for_invoice(conn, subscription, invoice, refund_id, amount, settings)
+    adopted = _adopted(conn, psp_id, event, invoice.currency, {"invoice_id": invoice.id})
+    if isinstance(adopted, str):
+        return adopted
+    return _succeed_for_invoice(conn, subscription, invoice, *adopted, settings)
 
 
 def _settle_invoice_refund(
