@@ -10,7 +10,10 @@
    items only: licenses revoked, sellers debited (clamped at zero), transfers split and reversed;
    `refunded_amount` raised; order `refunded` when no item is left, else `completed`; one
    transaction. failed → refund failed, order `completed`, its items free to ask again. A terminal
-   refund ignores the rest. A refund made at the PSP (dashboard, API) is adopted (`adopt`).
+   refund ignores the rest. A refund made at the PSP (dashboard, API) is adopted (`adopt`), for an
+   order or a subscription invoice's payment (revenue gives it back; paid back in full, the
+   subscription is canceled). A payment cancelled after capture is a full refund of what is left
+   (`cancel_after_capture`, `cancel_invoice_after_capture`).
 
 Every writer locks the order first, then the refund.
 """
@@ -55,7 +58,7 @@ class Status(StrEnum):
 @dataclass(frozen=True)
 class Refund:
     id: uuid.UUID
-    order_id: uuid.UUID | None  # None for an invoice's automatic refund
+    order_id: uuid.UUID | None  # None for an invoice's refund
     status: str  # a Status
     amount: int
     currency: str
