@@ -14,10 +14,12 @@ import psycopg
 import pytest
 
 from tests.factories import (
+    BUYER,
     SELLER_A,
     assert_audit_ok,
     make_plan,
     paid_up,
+    three_items,
     to_period_end,
     travel,
 )
@@ -178,6 +180,22 @@ def test_f7_a_refused_key_on_an_automatic_refund_leaves_it_unsent_not_failed(
     assert refund == {"status": "pending", "submitted_at": None, "error_message": None}
     assert rows(conn, "SELECT 1 FROM discrepancies") == []
     assert automatic_refunds.send_unsent(conn, client) == {"sent": 1, "rejected": 0, "ambiguous": 0}
+    assert_audit_ok(conn)
+
+
+def test_f7_a_refused_key_on_a_refund_leaves_it_pending_without_submitted_at(
+    conn: psycopg.Connection[Any], fake: FakeHyperswitch, psp_settings: Settings
+) -> None:
+    order_id = three_items(conn, psp_settings, fake)
+
+    done = run_cli(
+        "-v", "refund", str(order_id), "--by", str(BUYER), settings=psp_settings, HYPERSWITCH_API_KEY=REVOKED
+    )
+
+    refused_once(done, "refund")
+    refund = row(conn, "SELECT status, submitted_at FROM refunds")
+    assert (refund["status"], refund["submitted_at"]) == ("pending", None)  # the orphan-refunds phase's
+    assert row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"] == "refund_pending"
     assert_audit_ok(conn)
 
 
