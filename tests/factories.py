@@ -25,6 +25,7 @@ BUYER = uuid.UUID(int=0xB0B)
 SELLER_A, SELLER_B = uuid.UUID(int=0xA), uuid.UUID(int=0xB)
 SELLER = uuid.uuid4()  # the one seller of a stuck order
 REFUND_WINDOW = timedelta(days=14)
+DAY = timedelta(days=1)
 
 
 def make_plan(

@@ -273,6 +273,36 @@ async def cancel_payment(request: Request) -> Response:
 FINAL = {"succeeded", "failed", "cancelled", "cancelled_post_capture", "partially_captured", "expired"}
 
 
+async def cancel_post_capture(request: Request) -> Response:
+    """POST /payments/{id}/cancel_post_capture: the captured money goes back (succeeded or
+    partially captured payments only); the webhook follows."""
+    fake: FakeHyperswitch = request.app.state.fake
+    body, refused = await _guard(
+        request, fake, "POST /payments/cancel_post_capture", "PaymentsCancelPostCaptureRequest"
+    )
+    if refused is not None:
+        return refused
+    payment = fake.payments.get(request.path_params["payment_id"])
+    if payment is None:
+        return _error(404, "HE_02", "Payment does not exist in our records")
+    if payment["status"] not in ("succeeded", "partially_captured"):
+        message = (
+            f"This Payment could not be cancel_post_capture because it has a status of {payment['status']}"
+        )
+        return _error(400, "IR_14", message)
+    cancel_after_capture(fake, payment["payment_id"], body.get("cancellation_reason"))
+    return await _reply(
+        fake, "POST /payments/cancel_post_capture", payment, webhook="payment_cancelled_post_capture"
+    )
+
+
+def cancel_after_capture(fake: FakeHyperswitch, payment_id: str, reason: str | None = None) -> dict[str, Any]:
+    """The payment as the PSP holds it once cancelled after capture (no webhook sent)."""
+    payment = fake.payments[payment_id]
+    payment.update(status="cancelled_post_capture", cancellation_reason=reason)
+    return payment
+
+
 async def create_refund(request: Request) -> Response:
     fake: FakeHyperswitch = request.app.state.fake
     body, refused = await _guard(request, fake, "POST /refunds", "RefundRequest")
@@ -710,6 +740,7 @@ def create_fake(api_key: str, webhook_url: str | None = None, webhook_secret: st
             Route("/payments", create_payment, methods=["POST"]),
             Route("/payments/{payment_id}", get_payment, methods=["GET"]),
             Route("/payments/{payment_id}/cancel", cancel_payment, methods=["POST"]),
+            Route("/payments/{payment_id}/cancel_post_capture", cancel_post_capture, methods=["POST"]),
             Route("/disputes/list", list_disputes, methods=["GET"]),
             Route("/disputes/{dispute_id}", get_dispute, methods=["GET"]),
             Route("/refunds", create_refund, methods=["POST"]),

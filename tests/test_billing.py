@@ -22,15 +22,13 @@ import dramatiq
 import psycopg
 import pytest
 
-from tests.factories import OwnConnections, Tick, make_plan, paid_up, to_period_end, travel
+from tests.factories import DAY, OwnConnections, Tick, make_plan, paid_up, to_period_end, travel
 from tests.fake_hyperswitch import Failure, FakeHyperswitch, revoke_mandate, settle_payment
 from tests.support import PSP_API_KEY, at_once, join, log_rows, process, row, rows, run_cli, store_event
 from veza_worker import automatic_refunds, errors, hyperswitch
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import billing, commands
 from veza_worker.subscriptions import gate as feature_gate  # `gate` is this file's fixture
-
-DAY = timedelta(days=1)
 
 
 @pytest.fixture

@@ -310,7 +310,7 @@ def test_non_terminal_payment_events_are_skipped(
     order_id, payment_id = paid_order
     for event_type in ("payment_processing", "action_required"):
         log_id = store_event(conn, event_type, payment(payment_id, 4599, "processing"))
-        assert process(settings, log_id) == f"skipped: unhandled {event_type}"
+        assert process(settings, log_id) == "skipped: informational"
     assert row(conn, "SELECT status FROM orders WHERE id = %s", order_id)["status"] == "pending"
 
 

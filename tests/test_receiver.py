@@ -268,7 +268,7 @@ def test_redis_down_still_answers_200_and_the_redrive_delivers_exactly_once(
         assert webhooks.redrive(worker_conn, actors.process_webhook.send) == {"redriven": 0}
     join(broker)
     [row] = log_rows(conn)
-    assert row["processing_result"] == "skipped: unhandled payment_processing"
+    assert row["processing_result"] == "skipped: informational"
     assert row["processed_at"] is not None
 
 

@@ -80,7 +80,7 @@ def test_the_redrive_command_delivers_a_lost_message_through_the_worker(
 
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"redriven": 1}
-    assert log_rows(conn)[0]["processing_result"] == "skipped: unhandled payment_processing"
+    assert log_rows(conn)[0]["processing_result"] == "skipped: informational"
 
 
 # -- replay ---------------------------------------------------------------------------------------

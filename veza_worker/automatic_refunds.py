@@ -34,6 +34,7 @@ QUERIES = db.load_queries(__name__)
 
 BATCH = 50
 OUTCOMES = ("sent", "rejected", "ambiguous")
+KEY_REFUSED = "key_refused"  # counted as ambiguous: the row is left as after one
 # The refunds opened inside the current `enqueue_after_commit` block; None outside one (a test, a
 # CLI command), where the sweep sends them.
 _opened: ContextVar[list[uuid.UUID] | None] = ContextVar("automatic_refunds_opened", default=None)
@@ -142,7 +143,8 @@ def _enqueue(enqueue: Callable[[uuid.UUID], Any], refund_id: uuid.UUID) -> None:
 
 def send(conn: db.Connection, client: hyperswitch.Client, refund_id: uuid.UUID) -> str | None:
     """POST one automatic refund: "sent", "rejected", "ambiguous" (sent again later with the same
-    refund_id), or None when it was sent already or another sender holds it."""
+    refund_id), KEY_REFUSED (401/403: left unsent, like an ambiguous one), or None when it was sent
+    already or another sender holds it."""
     with conn.transaction():
         with conn.cursor(row_factory=class_row(Unsent)) as cur:
             refund = cur.execute(QUERIES["lock_unsent_refund"], {"refund_id": refund_id}).fetchone()
@@ -163,6 +165,9 @@ def _post(conn: db.Connection, client: hyperswitch.Client, refund: Unsent) -> st
             idempotency_key=str(refund.id),
             metadata={**owner, "refund_id": str(refund.id), "note": refund.note},
         )
+    except errors.HyperswitchUnauthorized as exc:
+        hyperswitch.key_refused(f"automatic refund {refund.hyperswitch_refund_id}", exc)
+        return KEY_REFUSED
     except errors.HyperswitchUnavailable as exc:
         log.warning(
             "automatic refund %s: create was ambiguous, sent again later: %s",
@@ -201,6 +206,9 @@ def send_unsent(
         return counts
     for refund_id in ids:
         outcome = send(conn, client, refund_id)
+        if outcome == KEY_REFUSED:  # every other one would be refused the same: stop, exit 1
+            counts["ambiguous"] += 1
+            raise errors.PaymentProviderMisconfigured(hyperswitch.UNAVAILABLE, counts)
         if outcome is not None:
             counts[outcome] += 1
     return counts

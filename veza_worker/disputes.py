@@ -31,7 +31,7 @@ from typing import Any
 
 from psycopg.rows import class_row, dict_row
 
-from veza_worker import db, discrepancies, errors, events, hyperswitch, ledger, orders
+from veza_worker import db, discrepancies, errors, events, ledger, orders
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import commands, invoices, model
 
@@ -314,21 +314,8 @@ def _cancel_subscription(
 ) -> None:
     """Canceled at once, as `cancel-subscription --now` does: a pending invoice's PSP payment is
     cancelled and the invoice failed, so the customer is not charged again."""
-    if subscription.status in model.ENDED:
-        return
-    log.warning(
-        "subscription %s canceled: dispute %s on its payment %s was lost",
-        subscription.id,
-        dispute.id,
-        dispute.payment_id,
-    )
-    # Handlers get no PSP client; a lost dispute is rare enough to open one of its own.
-    client = hyperswitch.from_settings(settings)
-    try:
-        commands.cancel_now(conn, client, subscription)
-    finally:
-        if client is not None:
-            client.close()
+    why = f"dispute {dispute.id} on its payment {dispute.payment_id} was lost"
+    commands.cancel_from_event(conn, subscription, settings, why)
 
 
 # -- for the reconciler -----------------------------------------------------------------------------
@@ -340,8 +327,13 @@ def known_statuses(conn: db.Connection, dispute_ids: list[str]) -> dict[str, str
 
 
 def oldest_open(conn: db.Connection, limit: int) -> list[str]:
-    """Ours still open, the ones asked about longest ago first."""
+    """Ours still open, the ones looked at longest ago (or never) first."""
     return [r[0] for r in conn.execute(QUERIES["open_disputes"], {"limit": limit})]
+
+
+def mark_checked(conn: db.Connection, dispute_ids: list[str]) -> None:
+    """The reconciler looked at these (a GET that changes nothing too): to the back of the line."""
+    conn.execute(QUERIES["mark_checked"], {"ids": dispute_ids})
 
 
 # -- for ops ----------------------------------------------------------------------------------------

@@ -39,8 +39,13 @@ UPDATE seller_transfers
    AND status NOT IN ('reversed', 'completed');
 
 -- open_disputes --
--- Ours still open, the ones asked about longest ago first (disputes_open_idx).
-SELECT id FROM disputes WHERE closed_at IS NULL ORDER BY updated_at LIMIT %(limit)s;
+-- Ours still open, the ones the reconciler looked at longest ago (or never) first
+-- (disputes_unchecked_idx): each tick moves the ones it looked at to the back of the line.
+SELECT id FROM disputes WHERE closed_at IS NULL ORDER BY checked_at NULLS FIRST, updated_at LIMIT %(limit)s;
+
+-- mark_checked --
+-- The reconciler has the PSP's word on these disputes, changed or not.
+UPDATE disputes SET checked_at = now() WHERE id = ANY(%(ids)s::text[]);
 
 -- known_statuses --
 SELECT id, status FROM disputes WHERE id = ANY(%(ids)s::text[]);

@@ -36,6 +36,11 @@ class PaymentProviderUnavailable(DomainError):
     """A create was ambiguous (timeout, 5xx): nothing changed, the reconciler settles the row."""
 
 
+class PaymentProviderMisconfigured(PaymentProviderUnavailable):
+    """The PSP refused our API key (401/403) on a create: nothing changed, as after an ambiguous
+    failure; one ERROR named HYPERSWITCH_API_KEY. A sweep stops at the first."""
+
+
 class PaymentRejected(DomainError):
     """The PSP definitively refused a create: the row it was for is failed."""
 

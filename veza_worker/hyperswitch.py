@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 DUPLICATE = "HE_01"  # "already exists": the object was created by an earlier try
 NOT_FOUND = "HE_02"
 TIMEOUT = httpx.Timeout(20.0, connect=5.0)
+UNAVAILABLE = "payment provider unavailable, will be reconciled"
 
 JSON = dict[str, Any]
 
@@ -263,6 +264,21 @@ class Client:
         if response.is_error:
             raise rejection(response)
         return response
+
+
+def key_refused(
+    what: str, exc: errors.HyperswitchUnauthorized, output: dict[str, Any] | None = None
+) -> errors.PaymentProviderMisconfigured:
+    """A create refused with 401/403 (IR_01): our API key, not the object, was refused. Logs the
+    one ERROR naming HYPERSWITCH_API_KEY; the error the caller raises (its row stays as after an
+    ambiguous failure, for the reconciler)."""
+    log.error(
+        "%s: the payment provider refused our API key (%s): check HYPERSWITCH_API_KEY;"
+        " left as after an ambiguous failure, for the reconciler",
+        what,
+        exc,
+    )
+    return errors.PaymentProviderMisconfigured(UNAVAILABLE, output)
 
 
 def _require_key(path: str, idempotency_key: str) -> None:

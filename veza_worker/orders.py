@@ -147,6 +147,8 @@ def _create_payment(client: hyperswitch.Client, order: Order, payment_id: str) -
             metadata={"order_id": str(order.id)},
             description=f"Order {order.id}",
         )
+    except errors.HyperswitchUnauthorized as exc:  # our key, not the payment: the order stays pending
+        raise hyperswitch.key_refused(f"order {order.id}: payment {payment_id}", exc) from exc
     except errors.HyperswitchUnavailable as exc:
         log.warning("order %s: payment %s create was ambiguous: %s", order.id, payment_id, exc)
         raise errors.PaymentProviderUnavailable("payment provider unavailable, will be reconciled") from exc

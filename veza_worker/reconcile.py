@@ -37,7 +37,7 @@ PAYMENT_EVENTS = {
     "partially_captured": "payment_succeeded",  # the object's amount_received makes it a partial capture
     "failed": "payment_failed",
     "cancelled": "payment_cancelled",
-    "cancelled_post_capture": "payment_cancelled",
+    "cancelled_post_capture": "payment_cancelled_post_capture",
     "expired": "payment_cancelled",
 }
 REFUND_EVENTS = {"succeeded": "refund_succeeded", "failed": "refund_failed"}
@@ -391,15 +391,15 @@ def _invoice(context: Context, stuck: Stuck) -> Outcome:
         return Outcome("psp_error")
     invoice = invoices.lock(conn, stuck.id)
     assert invoice is not None
+    subscription = model.lock(conn, invoice.subscription_id)
+    assert subscription is not None
     status = str(payment.get("status"))
-    if status == "not_found" and invoice.submitted_at is None:  # our create never reached it
-        sent = invoices.send(conn, client, invoice.id)
-        return Outcome("resent" if sent.submitted_at is not None else "psp_error", status)
+    # Our create never reached it: sent now, unless the subscription is over (then it fails below).
+    if status == "not_found" and invoice.submitted_at is None and subscription.status not in model.ENDED:
+        return _resend_invoice(client, conn, invoice, status)
     event_type = PAYMENT_EVENTS.get(status)
     if event_type is not None:
         return _synthetic(context, event_type, "payment_details", payment)
-    subscription = model.lock(conn, invoice.subscription_id)
-    assert subscription is not None
     reason = _abandon_reason(subscription, invoice, status, stuck.stuck_for, context.settings)
     if reason is not None:
         result = invoices.abandon(conn, client, subscription, invoice, reason)
@@ -411,6 +411,16 @@ def _invoice(context: Context, stuck: Stuck) -> Outcome:
         invoices.store_client_secret(conn, invoice, payment["client_secret"])
         return Outcome("client_secret_stored", status)
     return Outcome("unchanged", status)
+
+
+def _resend_invoice(
+    client: hyperswitch.Client, conn: db.Connection, invoice: invoices.Invoice, status: str
+) -> Outcome:
+    try:
+        sent = invoices.send(conn, client, invoice.id)
+    except errors.PaymentProviderMisconfigured:  # logged where it was refused
+        return Outcome("psp_error", status)
+    return Outcome("resent" if sent.submitted_at is not None else "psp_error", status)
 
 
 def _abandon_reason(
@@ -497,6 +507,7 @@ def _disputes(context: Context) -> dict[str, Any]:
         ours = disputes.known_statuses(context.conn, list(seen))
         still_open = disputes.oldest_open(context.conn, context.settings.reconcile_batch_size)
     candidates = [(d, ours.get(dispute_id)) for dispute_id, d in seen.items()]
+    looked_at = [dispute_id for dispute_id in still_open if dispute_id in seen]
     read_errors = 0
     for dispute_id in still_open:
         if dispute_id in seen:
@@ -505,6 +516,7 @@ def _disputes(context: Context) -> dict[str, Any]:
             candidates.append(
                 (context.client.get_dispute(dispute_id), ours.get(dispute_id, disputes.Status.OPENED))
             )
+            looked_at.append(dispute_id)
             read_errors = 0
         except errors.HyperswitchError as exc:
             log.warning("reconcile phase=disputes: reading %s failed: %s", dispute_id, exc)
@@ -513,6 +525,8 @@ def _disputes(context: Context) -> dict[str, Any]:
             if read_errors >= STOP_AFTER_READ_ERRORS:
                 counts["stopped_early"] = True
                 break
+    with context.conn.transaction():  # every open dispute gets its turn within a bounded number of ticks
+        disputes.mark_checked(context.conn, looked_at)
     for psp, our_status in candidates:
         action = _dispute(context, psp, our_status)
         counts[action] += 1

@@ -10,7 +10,10 @@
    items only: licenses revoked, sellers debited (clamped at zero), transfers split and reversed;
    `refunded_amount` raised; order `refunded` when no item is left, else `completed`; one
    transaction. failed → refund failed, order `completed`, its items free to ask again. A terminal
-   refund ignores the rest. A refund made at the PSP (dashboard, API) is adopted (`adopt`).
+   refund ignores the rest. A refund made at the PSP (dashboard, API) is adopted (`adopt`), for an
+   order or a subscription invoice's payment (revenue gives it back; paid back in full, the
+   subscription is canceled). A payment cancelled after capture is a full refund of what is left
+   (`cancel_after_capture`, `cancel_invoice_after_capture`).
 
 Every writer locks the order first, then the refund.
 """
@@ -31,12 +34,16 @@ from psycopg.rows import class_row
 from veza_worker import automatic_refunds, db, discrepancies, errors, events, hyperswitch, ledger, orders
 from veza_worker.events import Event
 from veza_worker.settings import Settings
+from veza_worker.subscriptions import commands, invoices, model
 
 log = logging.getLogger(__name__)
 QUERIES = db.load_queries(__name__)
 
 REASONS = ("duplicate", "fraudulent", "requested_by_customer")
 DEFAULT_REASON = "requested_by_customer"
+MADE_AT_PSP = "made at the payment provider"
+CANCELLED_POST_CAPTURE = "cancelled_post_capture"  # the PSP id suffix of a post-capture cancel's refund
+CANCELLED_NOTE = "payment cancelled after capture at the payment provider"
 MAX_NOTE_CHARS = 500  # Hyperswitch metadata values are capped at 500 characters
 
 
@@ -51,7 +58,7 @@ class Status(StrEnum):
 @dataclass(frozen=True)
 class Refund:
     id: uuid.UUID
-    order_id: uuid.UUID | None  # None for an invoice's automatic refund
+    order_id: uuid.UUID | None  # None for an invoice's refund
     status: str  # a Status
     amount: int
     currency: str
@@ -228,6 +235,10 @@ def submit(
             idempotency_key=str(opened.refund_id),
             metadata=metadata,
         )
+    except errors.HyperswitchUnauthorized as exc:  # our key, not the refund: left as if ambiguous
+        raise hyperswitch.key_refused(
+            f"refund {opened.hyperswitch_refund_id}", exc, _summary(conn, opened)
+        ) from exc
     except errors.HyperswitchUnavailable as exc:
         log.warning(
             "refund %s: create was ambiguous, left for the reconciler: %s", opened.hyperswitch_refund_id, exc
@@ -276,10 +287,12 @@ def handle_refund(conn: db.Connection, event: Event, settings: Settings) -> str:
         return "error: missing refund_id"
     found = conn.execute(QUERIES["find_order_of_refund"], {"hyperswitch_refund_id": psp_id}).fetchone()
     if found is None:
-        return _adopt_or_wait(conn, psp_id, event)
-    refund_id, order_id, automatic = found
-    if automatic or order_id is None:  # money we gave back on our own: it moves no order or balance
+        return _adopt_or_wait(conn, psp_id, event, settings)
+    refund_id, order_id, invoice_id, automatic = found
+    if automatic:  # money we gave back on our own: it moves no order or balance
         return automatic_refunds.settle(conn, refund_id, _psp_status(event), event.data.get("error_message"))
+    if order_id is None:
+        return _settle_invoice_refund(conn, invoice_id, refund_id, event, settings)
     order = orders.lock(conn, order_id)
     refund = lock(conn, refund_id)
     assert order is not None and refund is not None
@@ -288,56 +301,201 @@ def handle_refund(conn: db.Connection, event: Event, settings: Settings) -> str:
     return settle(conn, order, refund, _psp_status(event), message, event.data.get("amount"))
 
 
-def _adopt_or_wait(conn: db.Connection, psp_id: str, event: Event) -> str:
-    """A refund we never created: made at the PSP for one of our payments (adopted), or the
-    webhook beat phase 1's commit (retried, then `skipped: unknown refund`)."""
+def _adopt_or_wait(conn: db.Connection, psp_id: str, event: Event, settings: Settings) -> str:
+    """A refund we never created: made at the PSP for one of our payments, an order's or an
+    invoice's (adopted), or the webhook beat phase 1's commit (retried, then `skipped: unknown
+    refund`)."""
     payment_id = events.object_id(event.data, "payment_id")
     order = orders.lock_by_payment(conn, payment_id) if payment_id else None
-    if order is None:
-        raise errors.UnknownObject("skipped: unknown refund")
-    return adopt(conn, order, psp_id, event)
+    if order is not None:
+        return adopt(conn, order, psp_id, event)
+    invoice = invoices.find_by_payment(conn, payment_id) if payment_id else None
+    if invoice is not None:
+        return _adopt_for_invoice(conn, invoice[0], psp_id, event, settings)
+    raise errors.UnknownObject("skipped: unknown refund")
 
 
 def adopt(conn: db.Connection, order: orders.Order, psp_id: str, event: Event) -> str:
     """Record a refund made in the Hyperswitch dashboard or API, whatever the order's status. Its
     success is the PSP's fact and always posts: against the items left when it is for exactly
     their amount, else to platform:unallocated with a discrepancy."""
+    adopted = _adopted(conn, psp_id, event, order.currency, {"order_id": order.id})
+    if isinstance(adopted, str):
+        return adopted
+    refund = lock(conn, adopted[0])
+    assert refund is not None
+    return settle(conn, order, refund, "succeeded", None, adopted[1])
+
+
+def _adopted(
+    conn: db.Connection, psp_id: str, event: Event, currency: str, owner: dict[str, uuid.UUID]
+) -> tuple[uuid.UUID, int] | str:
+    """Record a refund made at the PSP for its owner (`order_id` or `invoice_id`): (its id,
+    amount) when its success is to be applied now, else the delivery's final result."""
+    amount = _psp_amount(event)
+    if amount is None:
+        return "error: invalid refund amount"
+    refund_id = _record_made_at_psp(conn, psp_id, event, amount, currency, owner)
+    if _psp_status(event) != "succeeded" or refund_id is None:
+        return "ok"
+    return refund_id, amount
+
+
+def _psp_amount(event: Event) -> int | None:
     amount = event.data.get("amount")
     if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
-        return "error: invalid refund amount"
+        return None
+    return amount
+
+
+def _record_made_at_psp(
+    conn: db.Connection,
+    psp_id: str,
+    event: Event,
+    amount: int,
+    currency: str,
+    owner: dict[str, uuid.UUID],
+    note: str = MADE_AT_PSP,
+) -> uuid.UUID | None:
+    """The refund row of money the PSP gave back without us asking, `pending` until settled (a
+    failure recorded as such); None when that PSP id is already recorded."""
     status = _psp_status(event)
     message = event.data.get("error_message")
-    # Pending until settle applies it (below, or when the PSP decides); a failure is recorded as such.
-    recorded = Status.FAILED if status == "failed" else Status.PENDING
     reason = event.data.get("reason")
-    refund_id = uuid.uuid4()
-    conn.execute(
-        QUERIES["insert_adopted_refund"],
-        {
-            "id": refund_id,
-            "order_id": order.id,
-            "invoice_id": None,
-            "amount": amount,
-            "currency": order.currency,
-            "reason": reason if isinstance(reason, str) else DEFAULT_REASON,
-            "status": recorded,
-            "hyperswitch_refund_id": psp_id,
-            "error_message": message if isinstance(message, str) and status == "failed" else None,
-        },
+    params = {
+        "id": uuid.uuid4(),
+        "order_id": owner.get("order_id"),
+        "invoice_id": owner.get("invoice_id"),
+        "amount": amount,
+        "currency": currency,
+        "reason": reason if isinstance(reason, str) else DEFAULT_REASON,
+        "note": note,
+        "status": Status.FAILED if status == "failed" else Status.PENDING,
+        "hyperswitch_refund_id": psp_id,
+        "error_message": message if isinstance(message, str) and status == "failed" else None,
+    }
+    row = conn.execute(QUERIES["insert_adopted_refund"], params).fetchone()
+    if row is None:
+        return None
+    of = " ".join(f"{key.removesuffix('_id')} {value}" for key, value in owner.items())
+    log.warning("refund %s (%s) for %s: %d %s %s, adopted", psp_id, note, of, amount, currency, status)
+    return uuid.UUID(str(row[0]))
+
+
+# -- a payment cancelled after capture --------------------------------------------------------------
+
+
+def cancel_after_capture(conn: db.Connection, order: orders.Order, event: Event) -> str:
+    """payment_cancelled_post_capture for a paid order: the PSP gave the buyer back what was left.
+    Like a full refund of the items left (not refunded, in flight or charged back), recorded as a
+    refund under `<payment_id>:cancelled_post_capture`: licenses revoked, sellers debited, order
+    `refunded`. Replayed, nothing is left: nothing moves twice."""
+    if order.status == orders.Status.FAILED:
+        return "skipped: order already failed"
+    left = _items_left(conn, order)
+    if not left:
+        return "skipped: nothing left to reverse"
+    amount = sum(item.amount for item in left)
+    psp_id = f"{order.payment_id}:{CANCELLED_POST_CAPTURE}"
+    refund_id = _record_made_at_psp(
+        conn, psp_id, event, amount, order.currency, {"order_id": order.id}, note=CANCELLED_NOTE
     )
-    log.warning(
-        "refund %s made at the payment provider for order %s: %d %s %s, adopted",
-        psp_id,
-        order.id,
-        amount,
-        order.currency,
-        status,
-    )
-    if status != "succeeded":
-        return "ok"
+    if refund_id is None:
+        return "skipped: payment already cancelled after capture"
+    _add_items(conn, refund_id, [item.id for item in left])
     refund = lock(conn, refund_id)
     assert refund is not None
-    return settle(conn, order, refund, status, None, amount)
+    return _succeed(conn, order, refund)
+
+
+def cancel_invoice_after_capture(
+    conn: db.Connection, invoice_id: uuid.UUID, event: Event, settings: Settings
+) -> str:
+    """payment_cancelled_post_capture for an invoice: a pending one simply failed; a paid one gives
+    back what no refund did yet (revenue reversed) and its subscription is `canceled`."""
+    subscription, invoice = invoices.lock_pair(conn, invoice_id)
+    if invoice.status == invoices.Status.PENDING:
+        return invoices.settle(conn, subscription, invoice, event.data, event.event_type)
+    if invoice.status != invoices.Status.PAID:
+        return f"skipped: invoice already {invoice.status}"
+    left = invoice.amount - _invoice_refunded(conn, invoice.id)[1]
+    if left <= 0:
+        return "skipped: nothing left to reverse"
+    psp_id = f"{invoice.payment_id}:{CANCELLED_POST_CAPTURE}"
+    refund_id = _record_made_at_psp(
+        conn, psp_id, event, left, invoice.currency, {"invoice_id": invoice.id}, note=CANCELLED_NOTE
+    )
+    if refund_id is None:
+        return "skipped: payment already cancelled after capture"
+    return _succeed_for_invoice(conn, subscription, invoice, refund_id, left, settings)
+
+
+# -- refunds of a subscription invoice's payment ----------------------------------------------------
+
+
+def _adopt_for_invoice(
+    conn: db.Connection, invoice_id: uuid.UUID, psp_id: str, event: Event, settings: Settings
+) -> str:
+    """A refund made at the PSP of an invoice's payment: revenue gives it back; paid back in full,
+    the subscription is `canceled`."""
+    subscription, invoice = invoices.lock_pair(conn, invoice_id)
+    adopted = _adopted(conn, psp_id, event, invoice.currency, {"invoice_id": invoice.id})
+    if isinstance(adopted, str):
+        return adopted
+    return _succeed_for_invoice(conn, subscription, invoice, *adopted, settings)
+
+
+def _settle_invoice_refund(
+    conn: db.Connection, invoice_id: uuid.UUID, refund_id: uuid.UUID, event: Event, settings: Settings
+) -> str:
+    """The PSP's final word on an adopted invoice refund we hold pending (or failed: a success
+    is the PSP's fact and always posts, once)."""
+    subscription, invoice = invoices.lock_pair(conn, invoice_id)
+    refund = lock(conn, refund_id)
+    assert refund is not None
+    status = _psp_status(event)
+    if status == "succeeded" and refund.status != Status.SUCCEEDED:
+        amount = _psp_amount(event) or refund.amount
+        if amount != refund.amount:
+            conn.execute(QUERIES["set_refund_amount"], {"refund_id": refund.id, "amount": amount})
+        return _succeed_for_invoice(conn, subscription, invoice, refund.id, amount, settings)
+    if refund.status != Status.PENDING:
+        return f"skipped: refund already {refund.status}"
+    if status == "failed":
+        message = event.data.get("error_message")
+        message = message if isinstance(message, str) else "refund failed at the payment provider"
+        conn.execute(QUERIES["fail_refund"], {"refund_id": refund.id, "error_message": message})
+        return "ok"
+    return f"skipped: refund status {status or 'missing'}"
+
+
+def _succeed_for_invoice(
+    conn: db.Connection,
+    subscription: model.Subscription,
+    invoice: invoices.Invoice,
+    refund_id: uuid.UUID,
+    amount: int,
+    settings: Settings,
+) -> str:
+    """The refund succeeded: platform:revenue gives it back to the world; once the invoice is paid
+    back in full, its subscription is canceled (a pending invoice's payment cancelled too)."""
+    conn.execute(QUERIES["succeed_refund"], {"refund_id": refund_id})
+    posting = ledger.refund_succeeded(
+        refund_id, invoice.currency, amount, from_sellers={}, invoice_id=invoice.id
+    )
+    ledger.post(conn, posting)
+    succeeded, _ = _invoice_refunded(conn, invoice.id)
+    if succeeded >= invoice.amount:
+        commands.cancel_from_event(conn, subscription, settings, f"invoice {invoice.id} paid back in full")
+    return "ok"
+
+
+def _invoice_refunded(conn: db.Connection, invoice_id: uuid.UUID) -> tuple[int, int]:
+    """What the refunds of an invoice gave back (succeeded), and what they give or may give back
+    (not failed)."""
+    row = conn.execute(QUERIES["invoice_refunded"], {"invoice_id": invoice_id}).fetchone()
+    assert row is not None  # aggregates always return their row
+    return int(row[0]), int(row[1])
 
 
 def _psp_status(event: Event) -> str:
@@ -492,9 +650,14 @@ def _has_items(conn: db.Connection, refund: Refund) -> bool:
 def _take_remaining_items(conn: db.Connection, order: orders.Order, refund: Refund) -> None:
     """A refund without items (made at the PSP, or from before refunds had items) refunds the
     items left (not refunded, not in flight, not charged back) when it is for exactly their amount."""
-    left = [i for i in orders.items(conn, order.id) if not (i.refunded or i.in_flight or i.charged_back)]
+    left = _items_left(conn, order)
     if left and sum(i.amount for i in left) == refund.amount:
         _add_items(conn, refund.id, [i.id for i in left])
+
+
+def _items_left(conn: db.Connection, order: orders.Order) -> list[orders.Item]:
+    """The items nothing took yet: not refunded, not in flight, not charged back."""
+    return [i for i in orders.items(conn, order.id) if not (i.refunded or i.in_flight or i.charged_back)]
 
 
 def _reverse_transfers(conn: db.Connection, order: orders.Order, refund: Refund) -> None:

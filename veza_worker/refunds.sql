@@ -21,7 +21,7 @@ SELECT status FROM refunds WHERE id = %(refund_id)s;
 
 -- find_order_of_refund --
 -- Unlocked: the caller locks the order first, then the refund, the order every writer takes.
-SELECT id, order_id, automatic FROM refunds WHERE hyperswitch_refund_id = %(hyperswitch_refund_id)s;
+SELECT id, order_id, invoice_id, automatic FROM refunds WHERE hyperswitch_refund_id = %(hyperswitch_refund_id)s;
 
 -- lock_refund --
 -- The refund row, locked until the caller's transaction ends: a replay waits, then sees the result.
@@ -88,13 +88,23 @@ WITH owed AS (
 SELECT (SELECT count(*) FROM reversed) AS reversed, (SELECT count(*) FROM pieces) AS split;
 
 -- insert_adopted_refund --
--- A refund made at the PSP (dashboard, API) that we never asked for: recorded under its own id,
--- `pending` until settle applies the PSP's success, or `failed` as the PSP says.
+-- A refund made at the PSP (dashboard, API) that we never asked for, or a payment it cancelled
+-- after capture: recorded under its own id, `pending` until settle applies the PSP's success, or
+-- `failed` as the PSP says. Nothing when that id is recorded already (a replay).
 INSERT INTO refunds (id, order_id, invoice_id, requested_by, amount, currency, reason, note, status,
                      hyperswitch_refund_id, error_message, submitted_at, succeeded_at, failed_at)
 VALUES (%(id)s, %(order_id)s, %(invoice_id)s, NULL, %(amount)s, %(currency)s, %(reason)s,
-        'made at the payment provider', %(status)s, %(hyperswitch_refund_id)s, %(error_message)s, now(),
-        CASE WHEN %(status)s = 'succeeded' THEN now() END, CASE WHEN %(status)s = 'failed' THEN now() END);
+        %(note)s, %(status)s, %(hyperswitch_refund_id)s, %(error_message)s, now(),
+        CASE WHEN %(status)s = 'succeeded' THEN now() END, CASE WHEN %(status)s = 'failed' THEN now() END)
+    ON CONFLICT (hyperswitch_refund_id) DO NOTHING
+RETURNING id;
+
+-- invoice_refunded --
+-- What an invoice's refunds gave back (succeeded) and give or may give back (not failed).
+SELECT coalesce(sum(amount) FILTER (WHERE status = 'succeeded'), 0),
+       coalesce(sum(amount) FILTER (WHERE status <> 'failed'), 0)
+  FROM refunds
+ WHERE invoice_id = %(invoice_id)s;
 
 -- refund_item_ids --
 SELECT order_item_id FROM refund_items WHERE refund_id = %(refund_id)s;

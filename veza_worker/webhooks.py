@@ -33,17 +33,46 @@ Enqueue = Callable[[int], Any]
 
 def handle_payment(conn: db.Connection, event: events.Event, settings: Settings) -> str:
     """A terminal payment event, for the order or the subscription invoice that owns the payment."""
+    owner = _owner(conn, event)
+    if isinstance(owner, orders.Order):
+        return orders.apply_payment(conn, owner, event, settings.refund_window)
+    invoice_id, subscription_id = owner
+    return invoices.apply_payment(conn, subscription_id, invoice_id, event)
+
+
+def handle_cancelled_post_capture(conn: db.Connection, event: events.Event, settings: Settings) -> str:
+    """payment_cancelled_post_capture: the money went back after capture. A payment we still held
+    pending just failed; a paid order or invoice is reversed in full (refunds.py). Also what
+    `settle` applies, as a synthetic delivery, for a payment the PSP's list shows cancelled so."""
+    owner = _owner(conn, event)
+    if not isinstance(owner, orders.Order):
+        return refunds.cancel_invoice_after_capture(conn, owner[0], event, settings)
+    if owner.status == orders.Status.PENDING:
+        return orders.apply_payment(conn, owner, event, settings.refund_window)
+    return refunds.cancel_after_capture(conn, owner, event)
+
+
+def _owner(conn: db.Connection, event: events.Event) -> orders.Order | tuple[uuid.UUID, uuid.UUID]:
+    """The locked order a payment is for, else its invoice's (invoice id, subscription id)."""
     payment_id = events.object_id(event.data, "payment_id")
     if payment_id is None:
-        return "error: missing payment_id"
+        raise events.BadDelivery("missing payment_id")
     order = orders.lock_by_payment(conn, payment_id)
     if order is not None:
-        return orders.apply_payment(conn, order, event, settings.refund_window)
+        return order
     invoice = invoices.find_by_payment(conn, payment_id)
     if invoice is not None:
-        invoice_id, subscription_id = invoice
-        return invoices.apply_payment(conn, subscription_id, invoice_id, event)
+        return invoice
     raise errors.UnknownObject("skipped: unknown payment")  # it may beat our own commit: retried
+
+
+INFORMATIONAL = "skipped: informational"
+
+
+def informational(conn: db.Connection, event: events.Event, settings: Settings) -> str:
+    """An event that changes nothing of ours (a step before the final word, or Hyperswitch's own
+    billing front-end): recorded in the audit log, nothing more."""
+    return INFORMATIONAL
 
 
 # event_type → the handler that applies it and returns the final processing_result.
@@ -53,6 +82,19 @@ HANDLERS: dict[str, Handler] = {
     "payment_captured": handle_payment,
     "payment_failed": handle_payment,
     "payment_cancelled": handle_payment,
+    "payment_expired": handle_payment,  # never completed: as payment_failed
+    "payment_cancelled_post_capture": handle_cancelled_post_capture,
+    "action_required": invoices.handle_action_required,
+    **dict.fromkeys(
+        [
+            "payment_processing",
+            "payment_authorized",
+            "payment_partially_authorized",
+            "mandate_active",
+            "invoice_paid",
+        ],
+        informational,
+    ),
     "refund_succeeded": refunds.handle_refund,
     "refund_failed": refunds.handle_refund,
     "mandate_revoked": invoices.forget_payment_method,

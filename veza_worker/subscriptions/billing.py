@@ -22,12 +22,14 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import timedelta
 
 from psycopg.rows import class_row
 
-from veza_worker import db, hyperswitch
+from veza_worker import db, errors, hyperswitch
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import invoices, model
 from veza_worker.subscriptions.invoices import Invoice
@@ -66,15 +68,29 @@ def end_trials(
     complete-subscription or the next sweep sends it once one is configured.
     """
     counts: Counter[str] = Counter(canceled=end_canceled(conn, batch_size=batch_size))
-    while True:
-        with conn.transaction():
-            claimed = _claim(conn, "claim_ended_trials", batch_size)
-            started = [_end_trial(conn, subscription) for subscription in claimed]
-        for subscription, invoice in started:
-            counts["ended"] += 1
-            counts[_charge_after_trial(conn, client, subscription, invoice)] += 1
-        if len(claimed) < batch_size:
-            return {key: counts[key] for key in TRIAL_END_COUNTS}
+    with _stop_if_key_refused(counts, TRIAL_END_COUNTS):
+        while True:
+            with conn.transaction():
+                claimed = _claim(conn, "claim_ended_trials", batch_size)
+                started = [_end_trial(conn, subscription) for subscription in claimed]
+            counts["ended"] += len(started)
+            for subscription, invoice in started:
+                counts[_charge_after_trial(conn, client, subscription, invoice)] += 1
+            if len(claimed) < batch_size:
+                break
+    return {key: counts[key] for key in TRIAL_END_COUNTS}
+
+
+@contextmanager
+def _stop_if_key_refused(counts: Counter[str], keys: tuple[str, ...]) -> Iterator[None]:
+    """A 401/403 on a create stops the sweep: every other create would be refused the same. Its
+    invoice, and those not sent yet, stay pending and unsent (sent again later); the command
+    exits 1, its counts printed."""
+    try:
+        yield
+    except errors.PaymentProviderMisconfigured as exc:
+        counts["ambiguous"] += 1
+        raise errors.PaymentProviderMisconfigured(str(exc), {key: counts[key] for key in keys}) from exc
 
 
 def _claim(conn: db.Connection, query: str, limit: int) -> list[Subscription]:
@@ -135,12 +151,13 @@ def renew(
 ) -> dict[str, int]:
     """One renew sweep: period-end cancels, renewals, dunning steps, and unsent invoices sent again."""
     counts: Counter[str] = Counter(canceled=end_canceled(conn, batch_size=batch_size))
-    if client is not None:
-        _abandon_stale_upgrades(conn, client, counts, batch_size)
-    _renewals(conn, client, counts, batch_size)
-    _dunning(conn, client, settings.subscription_dunning_schedule, counts, batch_size)
-    if client is not None:
-        _resend(conn, client, counts, batch_size)
+    with _stop_if_key_refused(counts, RENEW_COUNTS):
+        if client is not None:
+            _abandon_stale_upgrades(conn, client, counts, batch_size)
+        _renewals(conn, client, counts, batch_size)
+        _dunning(conn, client, settings.subscription_dunning_schedule, counts, batch_size)
+        if client is not None:
+            _resend(conn, client, counts, batch_size)
     log.info("renew sweep %s", " ".join(f"{key}={counts[key]}" for key in RENEW_COUNTS))
     return {key: counts[key] for key in RENEW_COUNTS}
 

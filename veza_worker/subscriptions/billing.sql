@@ -80,13 +80,16 @@ UPDATE user_subscriptions
 
 -- unsent_invoices --
 -- Pending invoices whose create never got an answer (a crash between the commit and the call, or
--- an ambiguous failure), oldest first (subscription_invoices_pending_idx).
-SELECT id
-  FROM subscription_invoices
- WHERE status = 'pending'
-   AND submitted_at IS NULL
-   AND created_at < now() - %(older_than)s
- ORDER BY created_at
+-- an ambiguous failure), oldest first (subscription_invoices_pending_idx). Never for a
+-- subscription that is over: the reconciler cancels that payment, nobody sends it.
+SELECT i.id
+  FROM subscription_invoices i
+  JOIN user_subscriptions s ON s.id = i.subscription_id
+ WHERE i.status = 'pending'
+   AND i.submitted_at IS NULL
+   AND i.created_at < now() - %(older_than)s
+   AND s.status NOT IN ('expired', 'canceled')
+ ORDER BY i.created_at
  LIMIT %(limit)s;
 
 -- stale_upgrades --

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from veza_worker import db, errors, hyperswitch
+from veza_worker.settings import Settings
 from veza_worker.subscriptions import invoices, model
 from veza_worker.subscriptions.invoices import Invoice
 from veza_worker.subscriptions.model import Plan, Subscription
@@ -172,6 +173,21 @@ def cancel_now(conn: db.Connection, client: hyperswitch.Client | None, subscript
             subscription.id,
             invoice.payment_id,
         )
+
+
+def cancel_from_event(conn: db.Connection, subscription: Subscription, settings: Settings, why: str) -> None:
+    """Cancel a locked subscription at once from a webhook handler (a lost dispute, its invoice paid
+    back), as `cancel-subscription --now` does. Handlers get no PSP client; these events are rare
+    enough to open one of their own for a pending invoice's payment."""
+    if subscription.status in model.ENDED:
+        return
+    log.warning("subscription %s canceled: %s", subscription.id, why)
+    client = hyperswitch.from_settings(settings)
+    try:
+        cancel_now(conn, client, subscription)
+    finally:
+        if client is not None:
+            client.close()
 
 
 def resume(conn: db.Connection, subscription_id: uuid.UUID) -> dict[str, Any]:

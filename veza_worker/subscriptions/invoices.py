@@ -184,16 +184,25 @@ def send(
         subscription, invoice = lock_pair(conn, invoice_id)
         if invoice.status != Status.PENDING or invoice.submitted_at is not None:
             return invoice
+        if subscription.status in model.ENDED:  # nothing is ever sent for a subscription that is over
+            log.info(
+                "subscription %s is %s: invoice %s not sent", subscription.id, subscription.status, invoice.id
+            )
+            return invoice
         problem = _send_locked(conn, client, subscription, invoice)
         sent = lock(conn, invoice.id)
         after = model.lock(conn, subscription.id)
         assert sent is not None and after is not None
+    if problem == _KEY_REFUSED:  # whoever sent it: every other create would be refused the same
+        raise errors.PaymentProviderMisconfigured(hyperswitch.UNAVAILABLE, view(after, sent))
     if problem is None or not raise_errors:
         return sent
     if problem == "ambiguous":
-        message = "payment provider unavailable, will be reconciled"
-        raise errors.PaymentProviderUnavailable(message, view(after, sent))
+        raise errors.PaymentProviderUnavailable(hyperswitch.UNAVAILABLE, view(after, sent))
     raise errors.PaymentRejected(f"payment rejected by payment provider: {problem}", view(after, None))
+
+
+_KEY_REFUSED = "key refused"
 
 
 def lock_pair(conn: db.Connection, invoice_id: uuid.UUID) -> tuple[Subscription, Invoice]:
@@ -209,24 +218,19 @@ def lock_pair(conn: db.Connection, invoice_id: uuid.UUID) -> tuple[Subscription,
 def _send_locked(
     conn: db.Connection, client: hyperswitch.Client, subscription: Subscription, invoice: Invoice
 ) -> str | None:
-    """None when the PSP took it; "ambiguous"; or the rejection's message."""
+    """None when the PSP took it; "ambiguous"; _KEY_REFUSED (401/403: left as ambiguous); or the
+    rejection's message."""
     try:
         payment = _create_payment(client, subscription, invoice)
+    except errors.HyperswitchUnauthorized as exc:
+        hyperswitch.key_refused(f"subscription {subscription.id}: payment {invoice.payment_id}", exc)
+        return _KEY_REFUSED
     except errors.HyperswitchUnavailable as exc:
         log.warning(
             "subscription %s: payment %s create was ambiguous: %s", subscription.id, invoice.payment_id, exc
         )
         return "ambiguous"
     except errors.HyperswitchRejected as exc:
-        if isinstance(exc, errors.HyperswitchUnauthorized) and invoice.kind == Kind.PRORATION:
-            log.error(
-                "subscription %s: the payment provider refused our API key (%s): check HYPERSWITCH_API_KEY;"
-                " upgrade payment %s stays pending for the reconciler",
-                subscription.id,
-                exc,
-                invoice.payment_id,
-            )
-            return "ambiguous"  # a misconfiguration, not an answer about the payment
         reason = exc.message or exc.code
         log.warning("subscription %s: payment %s rejected: %s", subscription.id, invoice.payment_id, reason)
         settle(conn, subscription, invoice, {"status": "failed", "error_message": reason})
@@ -270,7 +274,7 @@ def _apply_off_session_answer(
         settle(conn, subscription, invoice, payment)
     elif status == "requires_customer_action":
         log.info("subscription %s: renewal %s needs 3DS, off-session: a failure", subscription.id, invoice.id)
-        abandon(conn, client, subscription, invoice, "authentication required off-session")
+        abandon(conn, client, subscription, invoice, _NEEDS_3DS)
 
 
 def abandon(
@@ -448,6 +452,29 @@ def _refund_unwanted(
         invoice.currency,
     )
     return "ok"
+
+
+def handle_action_required(conn: db.Connection, event: events.Event, settings: Any) -> str:
+    """action_required: on an off-session renewal the bank wants 3DS from a customer who is not
+    there: like a `requires_customer_action` answer, the payment is cancelled at the PSP and the
+    attempt fails (dunning goes on). Anywhere else the customer can act: informational."""
+    payment_id = events.object_id(event.data, "payment_id")
+    found = find_by_payment(conn, payment_id) if payment_id else None
+    if found is None:
+        return "skipped: informational"
+    subscription, invoice = lock_pair(conn, found[0])
+    if not invoice.off_session or invoice.status != Status.PENDING:
+        return "skipped: informational"
+    client = hyperswitch.from_settings(settings)  # handlers get none; a 3DS demand off-session is rare
+    try:
+        result = None if client is None else abandon(conn, client, subscription, invoice, _NEEDS_3DS)
+    finally:
+        if client is not None:
+            client.close()
+    return result or "skipped: payment provider unavailable, left to the reconciler"
+
+
+_NEEDS_3DS = "authentication required off-session"
 
 
 def store_client_secret(conn: db.Connection, invoice: Invoice, client_secret: str) -> None:
