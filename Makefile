@@ -10,7 +10,7 @@ PYTHON ?= python3
 debian = command -v $(1) >/dev/null || [ -x /usr/sbin/$(1) ] || (apt-get update -qq && \
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2) >/dev/null)
 
-.PHONY: install services run test lint check bench bench-audit bench-console bench-payouts bench-renew bench-sweeps bench-worker
+.PHONY: install services run test lint check bench bench-audit bench-console bench-payouts bench-renew bench-settle bench-sweeps bench-worker
 
 install: $(VENV)/.installed
 
@@ -67,3 +67,6 @@ bench-audit: install services
 
 bench-payouts: install services
 	$(BIN)/python bench/payouts
+
+bench-settle: install services
+	$(BIN)/python bench/settle
