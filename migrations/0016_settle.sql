@@ -3,34 +3,23 @@
 -- synthetic deliveries' error rows (one case, counted once). The cases already waiting are opened
 -- here, so nothing a person was to look at vanishes from the count.
 
--- Rows the reconciler gave up on after our own code raised on them 3 times.
+-- Rows the reconciler gave up on after our own code raised on them 3 times, and rows still not
+-- final at the PSP after 5 answers.
 INSERT INTO discrepancies (kind, order_id, invoice_id, refund_id, payout_id, subject, detail, created_at)
-SELECT 'reconcile_gave_up',
+SELECT CASE WHEN gave_up_at IS NOT NULL THEN 'reconcile_gave_up' ELSE 'reconcile_still_pending' END,
        CASE WHEN kind = 'order' THEN row_id END,
        CASE WHEN kind = 'invoice' THEN row_id END,
        CASE WHEN kind = 'refund' THEN row_id END,
        CASE WHEN kind = 'payout' THEN row_id END,
        CASE WHEN kind IN ('order', 'invoice', 'refund', 'payout') THEN '' ELSE kind || ':' || row_id END,
-       'the reconciler raised ' || failures || ' times on ' || kind || ' ' || row_id
-       || ' and no longer retries it (before the upgrade; the worker log has the traceback)',
+       CASE WHEN gave_up_at IS NOT NULL
+            THEN 'the reconciler raised ' || failures || ' times on ' || kind || ' ' || row_id
+                 || ' and no longer retries it (before the upgrade; the worker log has the traceback)'
+            ELSE kind || ' ' || row_id || ' is still ' || coalesce(last_psp_status, '?')
+                 || ' at the payment provider after ' || checks || ' checks' END,
        coalesce(gave_up_at, first_checked_at)
   FROM reconcile_state
- WHERE gave_up_at IS NOT NULL AND failures >= 3
-    ON CONFLICT DO NOTHING;
-
--- Rows still not final at the PSP after 5 answers.
-INSERT INTO discrepancies (kind, order_id, invoice_id, refund_id, payout_id, subject, detail, created_at)
-SELECT 'reconcile_still_pending',
-       CASE WHEN kind = 'order' THEN row_id END,
-       CASE WHEN kind = 'invoice' THEN row_id END,
-       CASE WHEN kind = 'refund' THEN row_id END,
-       CASE WHEN kind = 'payout' THEN row_id END,
-       CASE WHEN kind IN ('order', 'invoice', 'refund', 'payout') THEN '' ELSE kind || ':' || row_id END,
-       kind || ' ' || row_id || ' is still ' || coalesce(last_psp_status, '?')
-       || ' at the payment provider after ' || checks || ' checks',
-       first_checked_at
-  FROM reconcile_state
- WHERE gave_up_at IS NULL AND checks >= 5
+ WHERE (gave_up_at IS NOT NULL AND failures >= 3) OR (gave_up_at IS NULL AND checks >= 5)
     ON CONFLICT DO NOTHING;
 
 -- The PSP's own answers (synthetic deliveries) that ended in error: the reconciler gave up on

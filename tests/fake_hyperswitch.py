@@ -125,10 +125,15 @@ timestamp = _now  # how the fake writes `created`: for objects a test or a bench
 
 
 async def _guard(
-    request: Request, fake: FakeHyperswitch, route: str, schema: str | None = None
+    request: Request,
+    fake: FakeHyperswitch,
+    route: str,
+    schema: str | None = None,
+    query: set[str] | None = None,
 ) -> tuple[Any, Response | None]:
     """Record the call, check the api-key, play a scripted failure, check the body against the
-    spec's `schema`; the parsed body, and the response that refuses it if any."""
+    spec's `schema` and the query against the `query` fields the server knows; the parsed body,
+    and the response that refuses it if any."""
     body = json.loads(await request.body() or b"null")
     fake.calls.append(Call(request.method, request.url.path, dict(request.headers), body, request.url.query))
     if request.headers.get("api-key") != fake.api_key:
@@ -140,6 +145,8 @@ async def _guard(
     scripted = fake.failures.get(route)
     if scripted and not scripted[0].acted:
         return body, await _fail(scripted.pop(0))
+    if query is not None:
+        return body, _unknown_query(request, query)
     return body, None if schema is None else _invalid(fake, schema, body)
 
 
@@ -457,22 +464,21 @@ def dispute(
     return current
 
 
+def _unknown_query(request: Request, known: set[str]) -> Response | None:
+    """The 400 the server's query constraints (serde's deny_unknown_fields) answer an unknown field with."""
+    unknown = set(request.query_params) - known
+    if not unknown:
+        return None
+    return _error(400, "IR_06", f"Json deserialize error: unknown field `{sorted(unknown)[0]}`")
+
+
 async def list_disputes(request: Request) -> Response:
     """A bare array; like the server's DisputeListGetConstraints, unknown query fields are refused."""
     fake: FakeHyperswitch = request.app.state.fake
-    _, refused = await _guard(request, fake, "GET /disputes/list")
+    known = {"limit", "offset", "dispute_status", "dispute_stage", "reason", "connector"}
+    _, refused = await _guard(request, fake, "GET /disputes/list", query=known)
     if refused is not None:
         return refused
-    unknown = set(request.query_params) - {
-        "limit",
-        "offset",
-        "dispute_status",
-        "dispute_stage",
-        "reason",
-        "connector",
-    }
-    if unknown:
-        return _error(400, "IR_06", f"Json deserialize error: unknown field `{sorted(unknown)[0]}`")
     limit = int(request.query_params.get("limit", "100"))
     listed = [d for d in fake.disputes.values() if d["dispute_id"] not in fake.unlisted]
     return JSONResponse(listed[:limit])
@@ -614,7 +620,7 @@ def _ordered(fake: FakeHyperswitch, kind: str) -> _Ordered:
 async def list_payments(request: Request) -> Response:
     """GET /payments/list: `{size, data}`, newest first; `starting_after` a payment id."""
     fake: FakeHyperswitch = request.app.state.fake
-    _, refused = await _guard(request, fake, "GET /payments/list")
+    _, refused = await _guard(request, fake, "GET /payments/list", query=PAYMENT_LIST_FIELDS)
     if refused is not None:
         return refused
     query = dict(request.query_params)
@@ -636,9 +642,6 @@ async def list_payments(request: Request) -> Response:
 
 
 def _bad_payment_list(query: dict[str, str]) -> str | None:
-    unknown = set(query) - PAYMENT_LIST_FIELDS
-    if unknown:
-        return f"unknown field `{sorted(unknown)[0]}`"
     if "limit" in query and not (query["limit"].isdigit() and int(query["limit"]) <= 100):
         return "limit should be an integer of at most 100"
     for key in _RANGE:
@@ -802,12 +805,9 @@ def settle_payout(
 
 async def get_payout(request: Request) -> Response:
     fake: FakeHyperswitch = request.app.state.fake
-    _, refused = await _guard(request, fake, "GET /payouts")
+    _, refused = await _guard(request, fake, "GET /payouts", query={"force_sync"})
     if refused is not None:
         return refused
-    unknown = set(request.query_params) - {"force_sync"}
-    if unknown:
-        return _error(400, "IR_06", f"Json deserialize error: unknown field `{sorted(unknown)[0]}`")
     found = fake.payouts.get(request.path_params["payout_id"])
     if found is None:
         return _error(404, "HE_02", "Payout does not exist in our records")

@@ -5,7 +5,6 @@ cases already waiting."""
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,15 +16,18 @@ import pytest
 from tests import fake_hyperswitch
 from tests.factories import assert_audit_ok, order_status, stuck_order
 from tests.fake_hyperswitch import FakeHyperswitch, settle_payment
-from tests.support import admin, row, rows, run_cli, url_for
-from veza_worker import db, hyperswitch, ops, orders, reconcile
+from tests.support import migrated_before, row, rows, run_cli
+from veza_worker import db, hyperswitch, ops, reconcile
 from veza_worker.settings import Settings
 
 SETTLE_MIGRATION = "0016_settle.sql"
 
 
-def a_tick_later(conn: psycopg.Connection[Any]) -> None:
-    conn.execute("UPDATE reconcile_state SET last_checked_at = last_checked_at - interval '2 minutes'")
+def ticks(n: int, conn: psycopg.Connection[Any], client: hyperswitch.Client, settings: Settings) -> None:
+    """n reconciler ticks, each a cool-down after the one before."""
+    for _ in range(n):
+        reconcile.tick(conn, client, settings)
+        conn.execute("UPDATE reconcile_state SET last_checked_at = last_checked_at - interval '2 minutes'")
 
 
 def open_discrepancies(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
@@ -42,39 +44,13 @@ def counted_once(conn: psycopg.Connection[Any], settings: Settings) -> list[dict
     return list(document["needs_a_human"])
 
 
-def test_a_row_our_code_keeps_raising_on_opens_one_discrepancy(
-    conn: psycopg.Connection[Any],
-    client: hyperswitch.Client,
-    fake: FakeHyperswitch,
-    psp_settings: Settings,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    order_id, payment_id = stuck_order(conn, client, fake, "succeeded")
-
-    def broken(*args: Any) -> Any:
-        raise RuntimeError("a bug")
-
-    monkeypatch.setattr(orders, "apply_payment", broken)
-    for _ in range(reconcile.GIVE_UP_AFTER_FAILURES + 1):
-        reconcile.tick(conn, client, psp_settings)
-        a_tick_later(conn)
-
-    assert open_discrepancies(conn) == [
-        {"kind": "reconcile_gave_up", "order_id": order_id, "subject": payment_id}
-    ]
-    [human] = counted_once(conn, psp_settings)
-    assert human["kind"] == "discrepancy" and human["why"].startswith("reconcile_gave_up: ")
-
-
 def test_the_psps_answer_that_cannot_be_applied_opens_one_discrepancy_not_an_error_row_too(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, psp_settings: Settings
 ) -> None:
     order_id, payment_id = stuck_order(conn, client, fake, "succeeded")
     fake_hyperswitch.change_amount(fake, payment_id, 999)  # the order is 1000: never applied
 
-    for _ in range(3):
-        reconcile.tick(conn, client, psp_settings)
-        a_tick_later(conn)
+    ticks(3, conn, client, psp_settings)
 
     assert order_status(conn, order_id) == "pending"
     [failed] = rows(conn, "SELECT processing_result FROM hyperswitch_webhook_log")
@@ -92,9 +68,7 @@ def test_a_row_still_pending_after_five_answers_opens_one_discrepancy_closed_whe
 ) -> None:
     order_id, payment_id = stuck_order(conn, client, fake, "processing")
 
-    for _ in range(reconcile.NEEDS_A_HUMAN_AFTER + 2):
-        reconcile.tick(conn, client, psp_settings)
-        a_tick_later(conn)
+    ticks(reconcile.NEEDS_A_HUMAN_AFTER + 2, conn, client, psp_settings)
 
     assert open_discrepancies(conn) == [
         {"kind": "reconcile_still_pending", "order_id": order_id, "subject": payment_id}
@@ -120,7 +94,7 @@ def test_status_counts_a_manual_reconcile_case_once(
     stuck_order(conn, client, fake, "processing")
     for _ in range(reconcile.NEEDS_A_HUMAN_AFTER):
         assert run_cli("reconcile", settings=psp_settings).returncode == 0
-        a_tick_later(conn)
+        conn.execute("UPDATE reconcile_state SET last_checked_at = last_checked_at - interval '2 minutes'")
 
     status = run_cli("status", settings=psp_settings)
 
@@ -135,15 +109,8 @@ def test_status_counts_a_manual_reconcile_case_once(
 @pytest.fixture
 def before_settle_url(tmp_path: Path) -> Iterator[str]:
     """A database migrated up to just before this round's settle migration."""
-    name = f"veza_r3_{uuid.uuid4().hex[:12]}"
-    before = tmp_path / "before"
-    before.mkdir()
-    for _version, path in db.migration_files(db.migrations_dir()):
-        if path.name < SETTLE_MIGRATION:
-            shutil.copy(path, before / path.name)
-    db.migrate(url_for(name), before)
-    yield url_for(name)
-    admin("DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
+    with migrated_before(SETTLE_MIGRATION, tmp_path) as url:
+        yield url
 
 
 def test_the_upgrade_opens_a_discrepancy_for_every_case_already_waiting(before_settle_url: str) -> None:

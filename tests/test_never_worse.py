@@ -27,7 +27,7 @@ from tests.support import (
     rows,
     store_event,
 )
-from veza_worker import hyperswitch, orders, reconcile
+from veza_worker import hyperswitch, ops, orders, reconcile
 from veza_worker.settings import Settings
 
 SELLERS = (uuid.UUID(int=1), uuid.UUID(int=2))
@@ -150,7 +150,7 @@ def test_a_row_that_raises_is_given_up_after_three_ticks(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    order_id, _ = stuck_order(conn, client, fake, "succeeded")
+    order_id, payment_id = stuck_order(conn, client, fake, "succeeded")
 
     def broken(*args: Any) -> Any:
         raise RuntimeError("a bug")
@@ -162,6 +162,12 @@ def test_a_row_that_raises_is_given_up_after_three_ticks(
 
     assert tick(conn, client, psp_settings)["orders"] == {"checked": 0}
     assert any("needs a human" in r.getMessage() and str(order_id) in r.getMessage() for r in caplog.records)
+    # The case is one discrepancy, opened with the row's state, and what status counts (once).
+    found = rows(conn, "SELECT kind, order_id, subject FROM discrepancies WHERE resolved_at IS NULL")
+    assert found == [{"kind": "reconcile_gave_up", "order_id": order_id, "subject": payment_id}]
+    document, _healthy = ops.status(conn, psp_settings)
+    assert [h["why"].split(":")[0] for h in document["needs_a_human"]] == ["reconcile_gave_up"]
+    assert ops.gauges(conn, psp_settings)["needs_human"] == 1
 
 
 # -- poison input and any length -------------------------------------------------------------------

@@ -23,10 +23,10 @@ import logging
 import re
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from psycopg.rows import class_row
 
@@ -79,6 +79,14 @@ class OurPayment:
     def held(self) -> bool:
         return self.order_id is not None or self.invoice_id is not None
 
+    @property
+    def psp_id(self) -> str:
+        return self.payment_id
+
+    @property
+    def names(self) -> discrepancies.Objects:
+        return _names(order_id=self.order_id, invoice_id=self.invoice_id)
+
 
 @dataclass(frozen=True)
 class OurRefund:
@@ -92,14 +100,18 @@ class OurRefund:
     order_id: uuid.UUID | None
     invoice_id: uuid.UUID | None
 
+    @property
+    def psp_id(self) -> str:
+        return self.psp_refund_id
 
-@dataclass(frozen=True)
-class Names:
+    @property
+    def names(self) -> discrepancies.Objects:
+        return _names(order_id=self.order_id, invoice_id=self.invoice_id, refund_id=self.refund_id)
+
+
+def _names(**ids: uuid.UUID | None) -> discrepancies.Objects:
     """Our rows a finding is about, as a discrepancy names them."""
-
-    order_id: uuid.UUID | None = None
-    invoice_id: uuid.UUID | None = None
-    refund_id: uuid.UUID | None = None
+    return cast(discrepancies.Objects, {column: value for column, value in ids.items() if value is not None})
 
 
 @dataclass(frozen=True)
@@ -275,10 +287,10 @@ def run(
     try:
         for page in _payment_pages(client, start, end):
             counts.payments_seen += len(page)
-            _payments(conn, settings, page, counts)
+            _compare(conn, settings, PAYMENTS, page, counts)
         for page in _refund_pages(client, start, end):
             counts.refunds_seen += len(page)
-            _refunds(conn, settings, page, counts)
+            _compare(conn, settings, REFUNDS, page, counts)
     except errors.HyperswitchUnauthorized as exc:
         log.error("settle: the payment provider refused our key (%s): check HYPERSWITCH_API_KEY", exc)
         raise errors.PaymentProviderUnavailable("payment provider unavailable, will be reconciled") from exc
@@ -292,52 +304,70 @@ def run(
     return document
 
 
-def _payment_pages(
-    client: hyperswitch.Client, start: datetime, end: datetime
-) -> Iterator[list[dict[str, Any]]]:
-    """Newest first; each next page starts after the last payment of the one before."""
-    after: str | None = None
+Fetch = Callable[[int, dict[str, Any] | None], list[dict[str, Any]]]  # (offset, last object) → page
+
+
+def _pages(fetch: Fetch) -> Iterator[list[dict[str, Any]]]:
+    """A list, page by page, until a page comes back short."""
+    offset, last = 0, None
     while True:
-        page = client.list_payments(created_gte=start, created_lte=end, starting_after=after, limit=PAGE)
+        page = fetch(offset, last)
         if page:
             yield page
         if len(page) < PAGE:
             return
-        after = str(page[-1].get("payment_id"))
+        offset, last = offset + len(page), page[-1]
+
+
+def _payment_pages(
+    client: hyperswitch.Client, start: datetime, end: datetime
+) -> Iterator[list[dict[str, Any]]]:
+    """Newest first; each next page starts after the last payment of the one before."""
+    return _pages(
+        lambda _offset, last: client.list_payments(
+            created_gte=start,
+            created_lte=end,
+            starting_after=None if last is None else str(last.get("payment_id")),
+            limit=PAGE,
+        )
+    )
 
 
 def _refund_pages(
     client: hyperswitch.Client, start: datetime, end: datetime
 ) -> Iterator[list[dict[str, Any]]]:
-    offset = 0
-    while True:
-        page = client.list_refunds(start_time=start, end_time=end, offset=offset, limit=PAGE)
-        if page:
-            yield page
-        if len(page) < PAGE:
-            return
-        offset += len(page)
+    return _pages(
+        lambda offset, _last: client.list_refunds(start_time=start, end_time=end, offset=offset, limit=PAGE)
+    )
 
 
-def _payments(conn: db.Connection, settings: Settings, page: list[dict[str, Any]], counts: Counts) -> None:
-    listed = {p["payment_id"]: p for p in page if isinstance(p.get("payment_id"), str)}
-    with conn.transaction(), conn.cursor(row_factory=class_row(OurPayment)) as cur:
-        held = cur.execute(QUERIES["our_payments"], {"payment_ids": list(listed)}).fetchall()
+@dataclass(frozen=True)
+class Listed:
+    """One of the PSP's lists as settle compares it: the id field, the statement that reads our
+    rows for a page, the row it reads, and what one object asks of us."""
+
+    id_field: str
+    query: str
+    row: type[OurPayment] | type[OurRefund]
+    content_type: str
+    finding: Callable[[Mapping[str, Any], Any], Finding]
+
+
+PAYMENTS = Listed("payment_id", "our_payments", OurPayment, "payment_details", payment_finding)
+REFUNDS = Listed("refund_id", "our_refunds", OurRefund, "refund_details", refund_finding)
+
+
+def _compare(
+    conn: db.Connection, settings: Settings, listed: Listed, page: list[dict[str, Any]], counts: Counts
+) -> None:
+    """One page: our rows for all of it in one statement, then each finding in its own transaction."""
+    objects = {obj[listed.id_field]: obj for obj in page if isinstance(obj.get(listed.id_field), str)}
+    params = {"ids": list(objects), "payment_ids": [str(obj.get("payment_id")) for obj in objects.values()]}
+    with conn.transaction(), conn.cursor(row_factory=class_row(listed.row)) as cur:
+        held: list[Any] = cur.execute(QUERIES[listed.query], params).fetchall()
     for ours in held:
-        psp = listed[ours.payment_id]
-        names = Names(ours.order_id, ours.invoice_id)
-        _act(conn, settings, payment_finding(psp, ours), psp, "payment_details", names, counts)
-
-
-def _refunds(conn: db.Connection, settings: Settings, page: list[dict[str, Any]], counts: Counts) -> None:
-    listed = {r["refund_id"]: r for r in page if isinstance(r.get("refund_id"), str)}
-    params = {"refund_ids": list(listed), "payment_ids": [str(r.get("payment_id")) for r in listed.values()]}
-    with conn.transaction(), conn.cursor(row_factory=class_row(OurRefund)) as cur:
-        held = cur.execute(QUERIES["our_refunds"], params).fetchall()
-    for ours in held:
-        psp = listed[ours.psp_refund_id]
-        names = Names(ours.order_id, ours.invoice_id, ours.refund_id)
-        _act(conn, settings, refund_finding(psp, ours), psp, "refund_details", names, counts)
+        psp = objects[ours.psp_id]
+        _act(conn, settings, listed.finding(psp, ours), psp, listed.content_type, ours.names, counts)
 
 
 def _act(
@@ -346,7 +376,7 @@ def _act(
     finding: Finding,
     psp: dict[str, Any],
     content_type: str,
-    names: Names,
+    names: discrepancies.Objects,
     counts: Counts,
 ) -> None:
     """Apply or open one finding in its own transaction; counted once it has committed."""
@@ -369,23 +399,17 @@ def _apply_or_open(
     finding: Apply | Open,
     psp: dict[str, Any],
     content_type: str,
-    names: Names,
+    names: discrepancies.Objects,
 ) -> int:
     if isinstance(finding, Apply):
         log_id, result = webhooks.apply_synthetic(conn, settings, finding.event_type, content_type, psp)
         log.info("settle: %s applied as %s: %r (log_id=%s)", names, finding.event_type, result, log_id)
         return 1 if result == "ok" else 0
     amount, currency = psp.get("amount"), psp.get("currency")
-    discrepancies.open_one(
-        conn,
-        finding.kind,
-        finding.detail,
-        order_id=names.order_id,
-        invoice_id=names.invoice_id,
-        refund_id=names.refund_id,
-        subject=finding.subject,
-        amount=amount if isinstance(amount, int) and not isinstance(amount, bool) else None,
-        currency=currency if isinstance(currency, str) else None,
-        once=True,
-    )
+    about: dict[str, Any] = {
+        "subject": finding.subject,
+        "amount": amount if isinstance(amount, int) and not isinstance(amount, bool) else None,
+        "currency": currency if isinstance(currency, str) else None,
+    }
+    discrepancies.open_one(conn, finding.kind, finding.detail, once=True, **about, **names)
     return 0

@@ -13,7 +13,7 @@ SELECT p.payment_id,
             EXISTS (SELECT 1 FROM refunds r WHERE r.automatic AND r.order_id = o.id)
             OR EXISTS (SELECT 1 FROM refunds r WHERE r.automatic AND r.invoice_id = i.id)
        ELSE false END AS refunded_automatically
-  FROM unnest(%(payment_ids)s::text[]) AS p(payment_id)
+  FROM unnest(%(ids)s::text[]) AS p(payment_id)
   LEFT JOIN orders o ON o.payment_id = p.payment_id
   LEFT JOIN subscription_invoices i ON i.payment_id = p.payment_id
   LEFT JOIN user_subscriptions s ON s.id = i.subscription_id;
@@ -28,7 +28,7 @@ SELECT r.refund_id AS psp_refund_id,
        f.currency,
        coalesce(f.order_id, o.id) AS order_id,
        coalesce(f.invoice_id, i.id) AS invoice_id
-  FROM unnest(%(refund_ids)s::text[], %(payment_ids)s::text[]) AS r(refund_id, payment_id)
+  FROM unnest(%(ids)s::text[], %(payment_ids)s::text[]) AS r(refund_id, payment_id)
   LEFT JOIN refunds f ON f.hyperswitch_refund_id = r.refund_id
   LEFT JOIN orders o ON f.id IS NULL AND o.payment_id = r.payment_id
   LEFT JOIN subscription_invoices i ON f.id IS NULL AND i.payment_id = r.payment_id;
