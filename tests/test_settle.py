@@ -8,6 +8,7 @@ import json
 import uuid
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
@@ -277,3 +278,22 @@ def test_the_sweep_records_its_counts(conn: psycopg.Connection[Any], psp_setting
     assert done.returncode == 0, done.stderr
     [run] = rows(conn, "SELECT counts, error FROM sweep_runs WHERE name = 'settle'")
     assert run == {"counts": json.loads(done.stdout), "error": None}
+
+
+def test_the_fake_refuses_list_fields_the_server_does_not_know(
+    psp: tuple[str, FakeHyperswitch], fake: FakeHyperswitch
+) -> None:
+    """The spec's parameter list says `created_gte`; the server's constraints say `created.gte`."""
+    headers = {"api-key": PSP_API_KEY}
+    spec_says = httpx.get(
+        f"{psp[0]}/payments/list", params={"created_gte": "2026-12-01T00:00:00Z"}, headers=headers
+    )
+    too_many = httpx.get(f"{psp[0]}/payments/list", params={"limit": "101"}, headers=headers)
+    unknown = httpx.post(
+        f"{psp[0]}/refunds/list", json={"start_time": "2026-12-01T00:00:00Z", "page": 2}, headers=headers
+    )
+
+    assert [r.status_code for r in (spec_says, too_many, unknown)] == [400, 400, 400]
+    assert "unknown field `created_gte`" in spec_says.json()["error"]["message"]
+    assert "unknown field `page`" in unknown.json()["error"]["message"]
+    fake.violations.clear()  # refused on purpose: not requests of ours
