@@ -10,7 +10,7 @@ PYTHON ?= python3
 debian = command -v $(1) >/dev/null || [ -x /usr/sbin/$(1) ] || (apt-get update -qq && \
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2) >/dev/null)
 
-BENCHES := audit console payouts renew sweeps worker
+BENCHES := audit console payouts renew settle sweeps worker
 
 .PHONY: install services run test lint check bench $(BENCHES:%=bench-%)
 

@@ -21,7 +21,7 @@ from veza_worker.settings import Settings
 
 QUERIES = db.load_queries(__name__)
 
-INBOX_KINDS = ("discrepancy", "delivery", "reconcile")
+INBOX_KINDS = ("discrepancy", "delivery")
 INBOX_LIMIT = 100
 DISPUTES_LIMIT = 200
 MAX_PAYLOAD_CHARS = 65_536

@@ -12,10 +12,11 @@ SELECT started_at, finished_at, error, jsonb_array_length(counts -> 'violations'
  LIMIT 1;
 
 -- inbox --
--- What waits for a person, oldest first (what ops.sql's needs_a_human counts): open discrepancies
--- (a failed automatic refund is one, automatic_refund_failed), deliveries that ended in error,
--- rows the reconciler gave up on. Each branch walks its partial index; `kind` ('' = all) keeps the
--- others from running at all.
+-- What waits for a person, oldest first (what ops.sql's needs_a_human counts, each case once):
+-- open discrepancies (a failed automatic refund is one, automatic_refund_failed; a row the
+-- reconciler left to a person is one too) and deliveries that ended in error (not the synthetic
+-- ones: their discrepancy stands for them). Each branch walks its partial index; `kind` ('' = all)
+-- keeps the other from running at all.
 SELECT kind, id, since, title, detail, order_id, invoice_id, refund_id, dispute_id, payment_id,
        object_id, amount, currency
   FROM ((SELECT 'discrepancy' AS kind, id::text AS id, created_at AS since, kind AS title, detail,
@@ -28,24 +29,18 @@ SELECT kind, id, since, title, detail, order_id, invoice_id, refund_id, dispute_
         (SELECT 'delivery', id::text, received_at, coalesce(event_type, 'delivery'), processing_result,
                 NULL, NULL, NULL, NULL, webhook_payment_id(payload), NULL, NULL, NULL
            FROM hyperswitch_webhook_log
-          WHERE processing_result LIKE 'error%%' AND %(kind)s IN ('', 'delivery')
-          ORDER BY received_at LIMIT %(limit)s)
-        UNION ALL
-        (SELECT 'reconcile', kind || ':' || row_id, first_checked_at,
-                CASE WHEN gave_up_at IS NOT NULL THEN 'reconciler gave up' ELSE 'reconciler still waiting' END,
-                kind || ' still ' || coalesce(last_psp_status, '?') || ' after ' || checks || ' checks',
-                NULL, NULL, NULL, NULL, NULL, row_id::text, NULL, NULL
-           FROM reconcile_state
-          WHERE (gave_up_at IS NOT NULL OR checks >= 5) AND %(kind)s IN ('', 'reconcile')
-          ORDER BY first_checked_at LIMIT %(limit)s)) AS waiting
+          WHERE processing_result LIKE 'error%%' AND user_agent IS DISTINCT FROM 'veza-worker-reconciler'
+            AND %(kind)s IN ('', 'delivery')
+          ORDER BY received_at LIMIT %(limit)s)) AS waiting
  ORDER BY since, kind, id
  LIMIT %(limit)s;
 
 -- inbox_counts --
 -- How many of each kind wait (the same partial indexes).
 SELECT (SELECT count(*) FROM discrepancies WHERE resolved_at IS NULL) AS discrepancy,
-       (SELECT count(*) FROM hyperswitch_webhook_log WHERE processing_result LIKE 'error%%') AS delivery,
-       (SELECT count(*) FROM reconcile_state WHERE gave_up_at IS NOT NULL OR checks >= 5) AS reconcile;
+       (SELECT count(*) FROM hyperswitch_webhook_log
+         WHERE processing_result LIKE 'error%%' AND user_agent IS DISTINCT FROM 'veza-worker-reconciler')
+       AS delivery;
 
 -- order --
 SELECT id, buyer_id, status, total_amount, currency, payment_id, refunded_amount, created_at, updated_at,

@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from tests.fake_hyperswitch import FakeHyperswitch, dispute, settle_payment, settle_refund
+from tests.fake_hyperswitch import FakeHyperswitch, dispute, settle_payment, settle_refund, timestamp
 from tests.support import PSP_API_KEY, make_order, process, row, rows, store_event
 from veza_worker import audit, hyperswitch, ledger, refunds
 from veza_worker.settings import Settings
@@ -100,7 +100,13 @@ def three_items(conn: psycopg.Connection[Any], settings: Settings, fake: FakeHyp
     order_id = make_order(
         conn, [(SELLER_A, 500), (SELLER_A, 300), (SELLER_B, 200)], buyer_id=BUYER, payment_id=payment_id
     )
-    paid = {"payment_id": payment_id, "status": "succeeded", "amount": 1000, "currency": "USD"}
+    paid = {
+        "payment_id": payment_id,
+        "status": "succeeded",
+        "amount": 1000,
+        "currency": "USD",
+        "created": timestamp(),
+    }
     fake.payments[payment_id] = {**paid, "client_secret": "cs", "metadata": {}}
     settle_payment(fake, payment_id, "succeeded")
     assert process(settings, store_event(conn, "payment_succeeded", fake.payments[payment_id])) == "ok"

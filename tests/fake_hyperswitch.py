@@ -13,11 +13,14 @@ like the real one. Tests script failures; a person can run it for the README wal
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import operator
 import os
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -84,6 +87,7 @@ class FakeHyperswitch:
     failures: dict[str, list[Failure]] = field(default_factory=dict)
     # Runs (in a thread) after a create is stored and before it is answered: "the webhook was faster".
     before_reply: dict[str, Callable[[dict[str, Any]], None]] = field(default_factory=dict)
+    ordered: dict[str, Any] = field(default_factory=dict)  # the lists' order, cached (_ordered)
 
     def fail_next(self, route: str, failure: Failure | None = None) -> None:
         """Answer the next `route` call ("POST /refunds", "GET /payments") with `failure`."""
@@ -118,13 +122,16 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+timestamp = _now  # how the fake writes `created`: for objects a test or a benchmark seeds directly
+
+
 async def _guard(
     request: Request,
     fake: FakeHyperswitch,
     route: str,
     schema: str | None = None,
     *,
-    query: frozenset[str] | None = None,
+    query: AbstractSet[str] | None = None,
 ) -> tuple[Any, Response | None]:
     """Record the call, check the api-key, play a scripted failure, refuse a query field not in
     `query` (when given), check the body against the spec's `schema`; the parsed body, and the
@@ -299,7 +306,7 @@ async def cancel_post_capture(request: Request) -> Response:
 def cancel_after_capture(fake: FakeHyperswitch, payment_id: str, reason: str | None = None) -> dict[str, Any]:
     """The payment as the PSP holds it once cancelled after capture (no webhook sent)."""
     payment = fake.payments[payment_id]
-    payment.update(status="cancelled_post_capture", cancellation_reason=reason)
+    payment.update(status="cancelled_post_capture", cancellation_reason=reason, amount_capturable=0)
     return payment
 
 
@@ -584,6 +591,164 @@ get_refund = _retrieve("GET /refunds", "refund_id", "Refund", lambda fake: fake.
 get_dispute = _retrieve("GET /disputes", "dispute_id", "Dispute", lambda fake: fake.disputes)
 
 
+# -- the lists settle walks -------------------------------------------------------------------------
+
+# PaymentListConstraints: the server denies any other query field (`created.gte`, with a dot).
+PAYMENT_LIST_FIELDS = {
+    "customer_id",
+    "starting_after",
+    "ending_before",
+    "limit",
+    "created",
+    "created.lt",
+    "created.gt",
+    "created.lte",
+    "created.gte",
+}
+_RANGE = {
+    "created.lt": operator.lt,
+    "created.gt": operator.gt,
+    "created.lte": operator.le,
+    "created.gte": operator.ge,
+}
+
+
+def _at(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def newest_first(objects: dict[str, dict[str, Any]], created: str) -> list[dict[str, Any]]:
+    """The objects newest first by their `created` time, ties in reverse order of creation."""
+    indexed = list(enumerate(objects.values()))
+    indexed.sort(key=lambda pair: (pair[1].get(created) or "", pair[0]), reverse=True)
+    return [obj for _, obj in indexed]
+
+
+@dataclass
+class _Ordered:
+    """The fake's payments (or refunds) newest first, rebuilt when their number changes: a walk
+    through 100,000 of them costs a sort, not one per page."""
+
+    size: int = -1
+    objects: list[dict[str, Any]] = field(default_factory=list)
+    position: dict[str, int] = field(default_factory=dict)
+
+
+def _ordered(fake: FakeHyperswitch, kind: str) -> _Ordered:
+    store, created, key = (
+        (fake.payments, "created", "payment_id")
+        if kind == "payments"
+        else (fake.refunds, "created_at", "refund_id")
+    )
+    cached: _Ordered = fake.ordered.setdefault(kind, _Ordered())
+    if cached.size != len(store):
+        cached.objects = newest_first(store, created)
+        cached.position = {obj[key]: n for n, obj in enumerate(cached.objects)}
+        cached.size = len(store)
+    return cached
+
+
+async def list_payments(request: Request) -> Response:
+    """GET /payments/list: `{size, data}`, newest first; `starting_after` a payment id."""
+    fake: FakeHyperswitch = request.app.state.fake
+    _, refused = await _guard(request, fake, "GET /payments/list", query=PAYMENT_LIST_FIELDS)
+    if refused is not None:
+        return refused
+    query = dict(request.query_params)
+    problem = _bad_payment_list(query)
+    if problem is not None:
+        fake.violations.append(f"GET /payments/list: {problem}")
+        return _error(400, "IR_06", f"Json deserialize error: {problem}")
+    ordered = _ordered(fake, "payments")
+    start = ordered.position[query["starting_after"]] + 1 if "starting_after" in query else 0
+    bounds = [(op, _at(query[key])) for key, op in _RANGE.items() if key in query]
+    limit, page = int(query.get("limit", "10")), list[dict[str, Any]]()
+    for payment in ordered.objects[start:]:
+        if len(page) == limit:
+            break
+        at = _at(payment.get("created") or "1970-01-01T00:00:00Z")
+        if all(op(at, bound) for op, bound in bounds):
+            page.append(payment)
+    return JSONResponse({"size": len(page), "data": page})
+
+
+def _bad_payment_list(query: dict[str, str]) -> str | None:
+    if "limit" in query and not (query["limit"].isdigit() and int(query["limit"]) <= 100):
+        return "limit should be an integer of at most 100"
+    for key in _RANGE:
+        if key in query:
+            try:
+                if _at(query[key]).tzinfo is None:
+                    return f"{key}: a time without its offset"
+            except ValueError:
+                return f"{key}: not a date-time"
+    return None
+
+
+async def list_refunds(request: Request) -> Response:
+    """POST /refunds/list (RefundListRequest, unknown fields refused): `{count, total_count, data}`,
+    newest first, from `offset`."""
+    fake: FakeHyperswitch = request.app.state.fake
+    body, refused = await _guard(request, fake, "POST /refunds/list")
+    if refused is not None:
+        return refused
+    unknown = set(body) - openapi.properties("RefundListRequest") if isinstance(body, dict) else set()
+    if unknown:
+        fake.violations.append(f"<root>: unknown field {sorted(unknown)[0]!r}")
+        return _error(400, "IR_06", f"Json deserialize error: unknown field `{sorted(unknown)[0]}`")
+    refused = _invalid(fake, "RefundListRequest", body)
+    if refused is None and body.get("limit", 10) > 100:
+        fake.violations.append("limit: over 100")
+        refused = _error(400, "IR_06", "limit should be less than or equal to 100")
+    if refused is not None:
+        return refused
+    found = _refunds_between(fake, body["start_time"], body.get("end_time") or _now())
+    offset, limit = body.get("offset") or 0, body.get("limit", 10)
+    page = found[offset : offset + limit]
+    return JSONResponse({"count": len(page), "total_count": len(found), "data": page})
+
+
+def _refunds_between(fake: FakeHyperswitch, start_time: str, end_time: str) -> list[dict[str, Any]]:
+    """The refunds created in [start_time, end_time], newest first; the last window asked is
+    kept, so paging through 20,000 refunds filters them once."""
+    ordered = _ordered(fake, "refunds")
+    key = (start_time, end_time, ordered.size)
+    cached = fake.ordered.get("refunds_between")
+    if cached is None or cached[0] != key:
+        start, end = _at(start_time), _at(end_time)
+        found = [
+            r for r in ordered.objects if start <= _at(r.get("created_at") or "1970-01-01T00:00:00Z") <= end
+        ]
+        fake.ordered["refunds_between"] = cached = (key, found)
+    return list(cached[1])
+
+
+# -- silent drift: the PSP's state changes and no webhook is sent ----------------------------------
+
+
+def change_amount(fake: FakeHyperswitch, payment_id: str, amount: int) -> dict[str, Any]:
+    """The PSP's record of a payment says another amount than ours (a connector's adjustment)."""
+    payment = fake.payments[payment_id]
+    payment.update(amount=amount, net_amount=amount, amount_received=amount)
+    return payment
+
+
+def payment_we_never_made(fake: FakeHyperswitch, amount: int, currency: str = "USD") -> dict[str, Any]:
+    """A succeeded payment whose id has our form (`pay_` + 26 base32 characters) that no order or
+    invoice of ours holds: made with our key by someone else, or a row of ours lost."""
+    payment_id = "pay_" + base64.b32encode(uuid.uuid4().bytes).decode("ascii").rstrip("=").lower()
+    fake.payments[payment_id] = {
+        "payment_id": payment_id,
+        "merchant_id": MERCHANT,
+        "status": "succeeded",
+        "amount": amount,
+        "amount_received": amount,
+        "currency": currency,
+        "created": _now(),
+    }
+    return fake.payments[payment_id]
+
+
 # -- payouts ----------------------------------------------------------------------------------------
 
 # The webhook Hyperswitch sends when a payout reaches a status (EventType, payouts feature).
@@ -738,6 +903,8 @@ def create_fake(api_key: str, webhook_url: str | None = None, webhook_secret: st
     app = Starlette(
         routes=[
             Route("/payments", create_payment, methods=["POST"]),
+            Route("/payments/list", list_payments, methods=["GET"]),
+            Route("/refunds/list", list_refunds, methods=["POST"]),
             Route("/payments/{payment_id}", get_payment, methods=["GET"]),
             Route("/payments/{payment_id}/cancel", cancel_payment, methods=["POST"]),
             Route("/payments/{payment_id}/cancel_post_capture", cancel_post_capture, methods=["POST"]),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,24 @@ def admin(query: str, *names: str) -> None:
 
 def url_for(name: str) -> str:
     return make_conninfo(SERVER_URL, dbname=name)
+
+
+@contextlib.contextmanager
+def migrated_before(migration: str, tmp_path: Path) -> Iterator[str]:
+    """A throwaway database migrated up to just before `migration` (to upgrade one with old rows)."""
+    from veza_worker import db
+
+    name = f"veza_pre_{uuid.uuid4().hex[:12]}"
+    before = tmp_path / "before"
+    before.mkdir()
+    for _version, path in db.migration_files(db.migrations_dir()):
+        if path.name < migration:
+            shutil.copy(path, before / path.name)
+    db.migrate(url_for(name), before)
+    try:
+        yield url_for(name)
+    finally:
+        admin("DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
 
 
 def join(broker: dramatiq.Broker, timeout_ms: int = 20_000) -> None:

@@ -55,6 +55,7 @@ def test_the_clock_enqueues_each_sweep_and_does_no_work_itself(
         "send_automatic_refunds",
         "audit_ledger",
         "reconcile",
+        "settle",
     }
     assert names.count("redrive_webhooks") >= 3
     assert queued_actor_names(broker, "webhooks") == []  # the clock itself does no work
@@ -74,6 +75,7 @@ def test_reconciliation_is_not_scheduled_when_disabled(settings: Settings) -> No
         "automatic_refunds",
         "retention",
         "audit",
+        "settle",
     }
 
 

@@ -3,7 +3,6 @@ migration posts opening balances so that `audit` passes on a database round 2 fi
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support import admin, make_order, row, rows, url_for
+from tests.support import make_order, migrated_before, row, rows
 from veza_worker import audit, db, ledger
 
 LEDGER_MIGRATION = "0012_ledger.sql"
@@ -96,15 +95,8 @@ def test_post_writes_once_per_key_and_keeps_the_read_model(conn: psycopg.Connect
 @pytest.fixture
 def round2_url(tmp_path: Path) -> Iterator[str]:
     """A database migrated up to just before the ledger."""
-    name = f"veza_r2_{uuid.uuid4().hex[:12]}"
-    before = tmp_path / "before"
-    before.mkdir()
-    for _version, path in db.migration_files(db.migrations_dir()):
-        if path.name < LEDGER_MIGRATION:
-            shutil.copy(path, before / path.name)
-    db.migrate(url_for(name), before)
-    yield url_for(name)
-    admin("DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
+    with migrated_before(LEDGER_MIGRATION, tmp_path) as url:
+        yield url
 
 
 def paid(conn: psycopg.Connection[Any], items: list[tuple[uuid.UUID, int]], status: str) -> uuid.UUID:

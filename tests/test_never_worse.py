@@ -26,7 +26,7 @@ from tests.support import (
     rows,
     store_event,
 )
-from veza_worker import hyperswitch, orders
+from veza_worker import hyperswitch, ops, orders
 from veza_worker.settings import Settings
 
 SELLERS = (uuid.UUID(int=1), uuid.UUID(int=2))
@@ -152,9 +152,10 @@ def test_a_row_that_raises_is_given_up_after_three_ticks(
     fake: FakeHyperswitch,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    settings: Settings,
     tick: Tick,
 ) -> None:
-    order_id, _ = stuck_order(conn, client, fake, "succeeded")
+    order_id, payment_id = stuck_order(conn, client, fake, "succeeded")
 
     def broken(*args: Any) -> Any:
         raise RuntimeError("a bug")
@@ -166,6 +167,12 @@ def test_a_row_that_raises_is_given_up_after_three_ticks(
 
     assert tick()["orders"] == {"checked": 0}
     assert any("needs a human" in r.getMessage() and str(order_id) in r.getMessage() for r in caplog.records)
+    # The case is one discrepancy, opened with the row's state, and what status counts (once).
+    found = rows(conn, "SELECT kind, order_id, subject FROM discrepancies WHERE resolved_at IS NULL")
+    assert found == [{"kind": "reconcile_gave_up", "order_id": order_id, "subject": payment_id}]
+    document, _healthy = ops.status(conn, settings)
+    assert [h["why"].split(":")[0] for h in document["needs_a_human"]] == ["reconcile_gave_up"]
+    assert ops.gauges(conn, settings)["needs_human"] == 1
 
 
 # -- poison input and any length -------------------------------------------------------------------

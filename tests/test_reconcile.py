@@ -151,7 +151,7 @@ def test_rows_the_psp_keeps_pending_do_not_starve_newer_ones_and_need_a_human_af
         tick(reconcile_batch_size=1)
 
     assert order_status(conn, newer) == "completed" and order_status(conn, forever) == "pending"
-    human = [r.getMessage() for r in caplog.records if "needs a human" in r.getMessage()]
+    human = [r.getMessage() for r in caplog.records if "reconcile needs a human" in r.getMessage()]
     assert len(human) == 1 and str(forever) in human[0] and "psp_status=processing checks=5" in human[0]
     actions = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reconcile phase=orders")]
     assert len(actions) == 7 and f"id={forever}" in actions[0] and "stuck_for_s=108" in actions[0]

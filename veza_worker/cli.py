@@ -52,8 +52,9 @@ def sweep_command(sweep: sweeps.Sweep) -> Command:
 
     def run(args: argparse.Namespace, settings: Settings) -> Any:
         client = hyperswitch.require(settings) if sweep.needs_psp else hyperswitch.from_settings(settings)
+        options = {name: getattr(args, name) for name, _ in sweep.options}
         with db.connect(settings.database_url) as conn:
-            counts = sweeps.run(sweep, sweeps.Context(conn, settings, client))
+            counts = sweeps.run(sweep, sweeps.Context(conn, settings, client, options))
         wrong = sweep.verdict(counts) if sweep.verdict else None
         if wrong:
             raise errors.DomainError(wrong, counts)
@@ -232,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("migrate", cmd_migrate, "create the database if needed and apply pending migrations")
     add("clock", cmd_clock, "run the scheduler that enqueues the periodic sweeps (blocks)")
     for sweep in sweeps.SWEEPS:
-        add(sweep.command, sweep_command(sweep), sweep.help)
+        command = add(sweep.command, sweep_command(sweep), sweep.help)
+        for name, help_text in sweep.options:  # values checked by the sweep: a bad one exits 1
+            command.add_argument(f"--{name}", dest=name, metavar="T", help=help_text)
     replay = add("replay", cmd_replay, "enqueue stored deliveries again")
     replay.add_argument("log_ids", metavar="LOG_ID", type=int, nargs="+")
     replay.add_argument("--force", action="store_true", help="apply again rows that already have a result")

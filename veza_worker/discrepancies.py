@@ -7,10 +7,14 @@ still logs its ERROR line, and stays open until a person resolves it with a note
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import uuid
+from collections import Counter
+from collections.abc import Iterator
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict
 
 from psycopg.rows import dict_row
 
@@ -32,6 +36,16 @@ class Kind(StrEnum):
     PAYOUT_DUPLICATE_AT_PSP = "payout_duplicate_at_psp"  # two PSP payouts under one reference of ours
     PAYOUT_FAILED_AFTER_PAID = "payout_failed_after_paid"  # the PSP reported success, then a failure
     PAYOUT_UNKNOWN_TO_PSP = "payout_unknown_to_psp"  # a PSP id of ours the PSP no longer knows
+    # The reconciler left a row to a person (reconcile.py): it raised on it GIVE_UP_AFTER_FAILURES
+    # times, the PSP's answer ended `error:` when applied, or it is still not final after 5 answers.
+    RECONCILE_GAVE_UP = "reconcile_gave_up"
+    SYNTHETIC_DELIVERY_FAILED = "synthetic_delivery_failed"  # settle's too
+    RECONCILE_STILL_PENDING = "reconcile_still_pending"
+    # settle (settle.py): the PSP's lists disagree with our books in a way no handler can apply.
+    PAYMENT_AMOUNT_MISMATCH = "payment_amount_mismatch"  # the PSP's amount or currency is not ours
+    PAYMENT_UNKNOWN = "payment_unknown"  # a payment id of our making that no order or invoice holds
+    PAYMENT_NOT_PAID_AT_PSP = "payment_not_paid_at_psp"  # we hold it paid, the PSP failed or cancelled it
+    REFUND_FAILED_AFTER_SUCCEEDED = "refund_failed_after_succeeded"  # we hold it succeeded, the PSP failed
 
 
 def open_one(
@@ -47,9 +61,11 @@ def open_one(
     subject: str = "",
     amount: int | None = None,
     currency: str | None = None,
+    once: bool = False,
 ) -> bool:
     """Open a discrepancy in the caller's transaction and log its ERROR line; False when that
-    (kind, object) is already open."""
+    (kind, object) is already open, or with `once`, was ever opened (a finding that a later run
+    sees again, like settle's, is not reopened after a person resolved it)."""
     params = {
         "kind": kind,
         "order_id": order_id,
@@ -62,10 +78,57 @@ def open_one(
         "currency": currency,
         "detail": detail,
     }
-    opened = conn.execute(QUERIES["open_discrepancy"], params).fetchone() is not None
-    names = " ".join(f"{k}={v}" for k, v in params.items() if v and k not in ("kind", "detail", "subject"))
-    log.error("needs a human: %s: %s %s", kind, detail, names)
+    query = "open_discrepancy_once" if once else "open_discrepancy"
+    opened = conn.execute(QUERIES[query], params).fetchone() is not None
+    counted = _opened_now.get()
+    if opened and counted is not None:
+        counted.append(kind)
+    if opened or not once:
+        names = " ".join(
+            f"{k}={v}" for k, v in params.items() if v and k not in ("kind", "detail", "subject")
+        )
+        log.error("needs a human: %s: %s %s", kind, detail, names)
     return opened
+
+
+_opened_now: contextvars.ContextVar[list[Kind] | None] = contextvars.ContextVar("opened_now", default=None)
+
+
+@contextlib.contextmanager
+def counting() -> Iterator[Counter[str]]:
+    """The kinds of the discrepancies opened inside the block, counted once the block exits (the
+    caller counts them only if its transaction commits): what `settle` reports."""
+    opened: list[Kind] = []
+    token = _opened_now.set(opened)
+    found: Counter[str] = Counter()
+    try:
+        yield found
+    finally:
+        _opened_now.reset(token)
+    found.update(opened)
+
+
+class Objects(TypedDict, total=False):
+    """Our rows a discrepancy names, as keyword arguments."""
+
+    order_id: uuid.UUID
+    invoice_id: uuid.UUID
+    refund_id: uuid.UUID
+    payout_id: uuid.UUID
+
+
+RESOLVED_BY_WORKER = "veza-worker"
+
+
+def close(conn: db.Connection, kind: Kind, note: str, **objects: Any) -> bool:
+    """Close the open discrepancy of `kind` about `objects` that resolved itself (a stuck row the
+    reconciler later settled), in the caller's transaction; False when none was open."""
+    params = {"order_id": None, "invoice_id": None, "refund_id": None, "payout_id": None, **objects}
+    params.update(kind=kind, note=note, by=RESOLVED_BY_WORKER)
+    closed = conn.execute(QUERIES["close_resolved_itself"], params).fetchone()
+    if closed is not None:
+        log.info("discrepancy %d (%s) closed: %s", closed[0], kind, note)
+    return closed is not None
 
 
 def listing(conn: db.Connection, *, open_only: bool) -> list[dict[str, Any]]:

@@ -8,6 +8,37 @@ VALUES (%(kind)s, %(order_id)s, %(invoice_id)s, %(refund_id)s, %(dispute_id)s, %
     ON CONFLICT DO NOTHING
 RETURNING id;
 
+-- open_discrepancy_once --
+-- A finding that a later run sees again (settle's): opened only if no row, open or resolved, was
+-- ever opened for that (kind, object); the unique index still settles two runs at once.
+INSERT INTO discrepancies (kind, order_id, invoice_id, refund_id, dispute_id, payout_id, subject, amount,
+                           currency, detail)
+SELECT %(kind)s, %(order_id)s, %(invoice_id)s, %(refund_id)s, %(dispute_id)s, %(payout_id)s, %(subject)s,
+       %(amount)s, %(currency)s, %(detail)s
+ WHERE NOT EXISTS (
+       SELECT 1 FROM discrepancies
+        WHERE kind = %(kind)s
+          AND order_id IS NOT DISTINCT FROM %(order_id)s::uuid
+          AND invoice_id IS NOT DISTINCT FROM %(invoice_id)s::uuid
+          AND refund_id IS NOT DISTINCT FROM %(refund_id)s::uuid
+          AND dispute_id IS NOT DISTINCT FROM %(dispute_id)s::text
+          AND payout_id IS NOT DISTINCT FROM %(payout_id)s::uuid
+          AND subject = %(subject)s)
+    ON CONFLICT DO NOTHING
+RETURNING id;
+
+-- close_resolved_itself --
+-- A case that resolved itself, closed by the worker with what settled it.
+UPDATE discrepancies
+   SET resolved_at = now(), resolved_by = %(by)s, resolution = %(note)s
+ WHERE resolved_at IS NULL
+   AND kind = %(kind)s
+   AND order_id IS NOT DISTINCT FROM %(order_id)s::uuid
+   AND invoice_id IS NOT DISTINCT FROM %(invoice_id)s::uuid
+   AND refund_id IS NOT DISTINCT FROM %(refund_id)s::uuid
+   AND payout_id IS NOT DISTINCT FROM %(payout_id)s::uuid
+RETURNING id;
+
 -- list_discrepancies --
 -- Oldest first; all of them, or the open ones (discrepancies_open_idx).
 SELECT id, kind, order_id, invoice_id, refund_id, dispute_id, payout_id, amount, currency, detail,

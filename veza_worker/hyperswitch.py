@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -196,11 +197,31 @@ class Client:
         """The payouts the PSP holds under our merchant_order_reference_id. That and `limit` only:
         the spec marks currency and entity_type required, the server needs neither."""
         body = {"merchant_order_reference_id": merchant_reference, "limit": 20}
-        document = self._json("POST", "/payouts/list", json=body)
-        data = document.get("data")
-        if not isinstance(data, list) or not all(isinstance(p, dict) for p in data):
-            raise errors.HyperswitchUnavailable("POST /payouts/list: no array of payouts in `data`")
-        return data
+        return _data(self._json("POST", "/payouts/list", json=body), "POST /payouts/list")
+
+    def list_payments(
+        self,
+        *,
+        created_gte: datetime,
+        created_lte: datetime,
+        starting_after: str | None = None,
+        limit: int = 100,
+    ) -> list[JSON]:
+        """One page of the merchant's payments created in [created_gte, created_lte], newest first;
+        the next page starts after the last one's payment_id. The server's PaymentListConstraints
+        deny unknown fields, and name the range with dots (`created.gte`), whatever the spec's
+        parameter list says."""
+        params: JSON = {"created.gte": _iso(created_gte), "created.lte": _iso(created_lte), "limit": limit}
+        if starting_after is not None:
+            params["starting_after"] = starting_after
+        return _data(self._json("GET", "/payments/list", params=params), "GET /payments/list")
+
+    def list_refunds(
+        self, *, start_time: datetime, end_time: datetime, offset: int, limit: int = 100
+    ) -> list[JSON]:
+        """One page of the merchant's refunds created in [start_time, end_time], from `offset`."""
+        body = {"start_time": _iso(start_time), "end_time": _iso(end_time), "limit": limit, "offset": offset}
+        return _data(self._json("POST", "/refunds/list", json=body), "POST /refunds/list")
 
     def _create(self, path: str, body: JSON, idempotency_key: str, fetch: Callable[[], JSON]) -> JSON:
         _require_key(path, idempotency_key)
@@ -329,6 +350,19 @@ def _error_fields(response: httpx.Response) -> tuple[str, str, str]:
     if isinstance(document, dict) and "code" in document:  # the spec's GenericErrorResponseOpenApi
         return str(document.get("error_type", "")), str(document["code"]), str(document.get("message", ""))
     return "unknown", "", response.text[:200]
+
+
+def _data(document: JSON, what: str) -> list[JSON]:
+    """A list answer's `data`: an array of objects, or the PSP is not answering as it should."""
+    data = document.get("data")
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+        raise errors.HyperswitchUnavailable(f"{what}: no array of objects in `data`")
+    return data
+
+
+def _iso(at: datetime) -> str:
+    """An aware time as the PSP reads it: UTC, ISO 8601, `Z`."""
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _flag(value: bool) -> str:

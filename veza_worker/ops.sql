@@ -35,16 +35,13 @@ SELECT 'payouts', count(*) FROM payouts
  WHERE status = 'pending' AND created_at < now() - %(payouts)s;
 
 -- needs_a_human --
--- The oldest rows automation left to a person, each with what to look at.
+-- The oldest rows automation left to a person, each with what to look at: deliveries that ended
+-- in error, and open discrepancies. Each case counts once: a reconciler row left to a person, or a
+-- synthetic delivery (the PSP's own answer) that ended in error, is counted by its discrepancy.
 (SELECT 'webhook_log' AS kind, id::text AS id, processing_result AS why, received_at AS since
-   FROM hyperswitch_webhook_log WHERE processing_result LIKE 'error%%'
+   FROM hyperswitch_webhook_log
+  WHERE processing_result LIKE 'error%%' AND user_agent IS DISTINCT FROM 'veza-worker-reconciler'
   ORDER BY received_at LIMIT 20)
-UNION ALL
-(SELECT kind, row_id::text, CASE WHEN gave_up_at IS NOT NULL THEN 'reconciler gave up'
-                                 ELSE 'still ' || coalesce(last_psp_status, '?') || ' after ' || checks || ' checks' END,
-        first_checked_at
-   FROM reconcile_state WHERE gave_up_at IS NOT NULL OR checks >= 5
-  ORDER BY first_checked_at LIMIT 20)
 UNION ALL
 (SELECT 'discrepancy', id::text, kind || ': ' || detail, created_at
    FROM discrepancies WHERE resolved_at IS NULL
@@ -53,8 +50,8 @@ ORDER BY since
 LIMIT 20;
 
 -- needs_a_human_count --
-SELECT (SELECT count(*) FROM hyperswitch_webhook_log WHERE processing_result LIKE 'error%%')
-     + (SELECT count(*) FROM reconcile_state WHERE gave_up_at IS NOT NULL OR checks >= 5)
+SELECT (SELECT count(*) FROM hyperswitch_webhook_log
+          WHERE processing_result LIKE 'error%%' AND user_agent IS DISTINCT FROM 'veza-worker-reconciler')
      + (SELECT count(*) FROM discrepancies WHERE resolved_at IS NULL);
 
 -- subscriptions_by_status --

@@ -3,8 +3,9 @@
 Each phase claims its stuck rows one at a time (`FOR UPDATE SKIP LOCKED`, so ticks run side by
 side), asks the PSP with a forced sync, and feeds a terminal answer through the webhook handlers
 as a synthetic event recorded in the audit log: a late real webhook is then a visible no-op. A PSP
-read error leaves the row for the next tick. A row still stuck after 5 answers is logged once as
-needing a human. Every action is one structured log line.
+read error leaves the row for the next tick. A row still stuck after 5 answers, or left to a person
+after its answer could not be applied or our code raised on it, opens a discrepancy (in the same
+transaction as its state). Every action is one structured log line.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from psycopg.rows import class_row
 
-from veza_worker import db, disputes, errors, hyperswitch, metrics, payouts, refunds, webhooks
+from veza_worker import db, discrepancies, disputes, errors, hyperswitch, metrics, payouts, refunds, webhooks
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import invoices, model
 
@@ -183,7 +184,7 @@ def _phase(context: Context, phase: Phase, due_before: datetime) -> dict[str, An
                 outcome = phase.settle(context, stuck)
                 if outcome.action == "psp_error":
                     raise _ReadError(outcome.psp_status or "")
-                checks = _record_answer(conn, phase.kind, stuck, outcome)
+                _record_answer(conn, phase.kind, stuck, outcome)
         except _ReadError:
             counts["psp_error"] += 1
             metrics.reconcile_action(phase.name, "psp_error")
@@ -214,7 +215,7 @@ def _phase(context: Context, phase: Phase, due_before: datetime) -> dict[str, An
         read_errors = 0
         counts[outcome.action] += 1
         metrics.reconcile_action(phase.name, outcome.action)
-        _log(phase.name, stuck, outcome, checks)
+        _log(phase.name, stuck, outcome)
     return {"checked": sum(counts.values()), **counts}
 
 
@@ -223,14 +224,19 @@ def _record_failure(conn: db.Connection, phase: Phase, stuck: Stuck) -> None:
     params = {"kind": phase.kind, "row_id": stuck.id, "give_up_after": GIVE_UP_AFTER_FAILURES}
     with conn.transaction():
         row = conn.execute(QUERIES["record_failure"], params).fetchone()
-    if row is not None and row[0] == GIVE_UP_AFTER_FAILURES:
-        log.error(
-            "reconcile needs a human: phase=%s id=%s psp_id=%s raised %d times; no longer retried",
-            phase.name,
-            stuck.id,
-            stuck.psp_id,
-            GIVE_UP_AFTER_FAILURES,
-        )
+        if row is not None and row[0] == GIVE_UP_AFTER_FAILURES:
+            log.error(
+                "reconcile needs a human: phase=%s id=%s psp_id=%s raised %d times; no longer retried",
+                phase.name,
+                stuck.id,
+                stuck.psp_id,
+                GIVE_UP_AFTER_FAILURES,
+            )
+            detail = (
+                f"the reconciler's {phase.name} phase raised {GIVE_UP_AFTER_FAILURES} times on {phase.kind}"
+                f" {stuck.id} ({stuck.psp_id}) and no longer retries it; the worker log has the traceback"
+            )
+            _needs_a_human(conn, discrepancies.Kind.RECONCILE_GAVE_UP, phase.kind, stuck, detail)
 
 
 def _begin_check(conn: db.Connection, kind: str, stuck: Stuck, due_before: datetime) -> bool:
@@ -242,7 +248,12 @@ def _record_answer(conn: db.Connection, kind: str, stuck: Stuck, outcome: Outcom
     """A settled row's state is deleted (nothing to remember); a synthetic delivery that ended
     `error:` is not synthesized again: the row waits for a human."""
     if outcome.action in ("settled", "cancelled"):
-        conn.execute(QUERIES["forget_row"], {"kind": kind, "row_id": stuck.id})
+        forgotten = conn.execute(QUERIES["forget_row"], {"kind": kind, "row_id": stuck.id}).fetchone()
+        if forgotten is not None and forgotten[0] >= NEEDS_A_HUMAN_AFTER:
+            note = f"the PSP's answer settled it ({outcome.psp_status}): {outcome.result}"
+            discrepancies.close(
+                conn, discrepancies.Kind.RECONCILE_STILL_PENDING, note, **_row_names(kind, stuck)
+            )
         return 0
     params = {
         "kind": kind,
@@ -252,17 +263,50 @@ def _record_answer(conn: db.Connection, kind: str, stuck: Stuck, outcome: Outcom
         "give_up": bool(outcome.result and outcome.result.startswith("error:")),
     }
     row = conn.execute(QUERIES["record_answer"], params).fetchone()
-    if params["give_up"]:
+    checks = int(row[0]) if row else 0
+    if params["give_up"]:  # apply_synthetic opened its discrepancy, in this transaction
         log.error(
             "reconcile needs a human: %s %s: the PSP's answer ended %r; no longer synthesized",
             kind,
             stuck.id,
             outcome.result,
         )
-    return int(row[0]) if row else 0
+    elif outcome.still_stuck and checks == NEEDS_A_HUMAN_AFTER:
+        log.warning(
+            "reconcile needs a human: %s id=%s psp_id=%s psp_status=%s checks=%d stuck_for_s=%d",
+            kind,
+            stuck.id,
+            stuck.psp_id,
+            outcome.psp_status,
+            checks,
+            stuck.stuck_for.total_seconds(),
+        )
+        detail = (
+            f"{kind} {stuck.id} ({stuck.psp_id}) is still {outcome.psp_status} at the payment provider"
+            f" after {checks} checks over {stuck.stuck_for}"
+        )
+        _needs_a_human(conn, discrepancies.Kind.RECONCILE_STILL_PENDING, kind, stuck, detail)
+    return checks
 
 
-def _log(phase: str, stuck: Stuck, outcome: Outcome, checks: int) -> None:
+def _row_names(kind: str, stuck: Stuck) -> discrepancies.Objects:
+    """The discrepancy column that names a reconcile_state row's object."""
+    if kind == "order":
+        return {"order_id": stuck.id}
+    if kind == "invoice":
+        return {"invoice_id": stuck.id}
+    if kind == "refund":
+        return {"refund_id": stuck.id}
+    return {"payout_id": stuck.id}
+
+
+def _needs_a_human(
+    conn: db.Connection, what: discrepancies.Kind, kind: str, stuck: Stuck, detail: str
+) -> None:
+    discrepancies.open_one(conn, what, detail, subject=stuck.psp_id, **_row_names(kind, stuck))
+
+
+def _log(phase: str, stuck: Stuck, outcome: Outcome) -> None:
     level = logging.WARNING if outcome.action == "psp_error" else logging.INFO
     log.log(
         level,
@@ -276,16 +320,6 @@ def _log(phase: str, stuck: Stuck, outcome: Outcome, checks: int) -> None:
         outcome.log_id,
         stuck.stuck_for.total_seconds(),
     )
-    if outcome.still_stuck and checks == NEEDS_A_HUMAN_AFTER:
-        log.warning(
-            "reconcile needs a human: phase=%s id=%s psp_id=%s psp_status=%s checks=%d stuck_for_s=%d",
-            phase,
-            stuck.id,
-            stuck.psp_id,
-            outcome.psp_status,
-            checks,
-            stuck.stuck_for.total_seconds(),
-        )
 
 
 def _synthetic(context: Context, event_type: str, content_type: str, obj: dict[str, Any]) -> Outcome:

@@ -136,7 +136,8 @@ RETURNING checks;
 
 -- forget_row --
 -- The row is settled: nothing to remember about it (reconcile_state holds only open rows).
-DELETE FROM reconcile_state WHERE kind = %(kind)s AND row_id = %(row_id)s;
+DELETE FROM reconcile_state WHERE kind = %(kind)s AND row_id = %(row_id)s
+RETURNING checks;
 
 -- record_failure --
 -- Our own code raised on the row (its transaction was rolled back): count it; at the limit the

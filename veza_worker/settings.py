@@ -57,6 +57,7 @@ class Settings:
     payout_interval: timedelta = timedelta(days=1)
     payout_minimum: int = 1000
     reconcile_payout_stuck_after: timedelta = timedelta(minutes=30)
+    settle_interval: timedelta = timedelta(days=1)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -93,6 +94,7 @@ class Settings:
             payout_interval=reader.duration("PAYOUT_INTERVAL", "1d"),
             payout_minimum=reader.positive_int("PAYOUT_MINIMUM", 1000),
             reconcile_payout_stuck_after=reader.duration("RECONCILE_PAYOUT_STUCK_AFTER", "30m"),
+            settle_interval=reader.duration("SETTLE_INTERVAL", "1d"),
         )
         settings.check_hyperswitch()
         settings.check_ops()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,6 +30,7 @@ from veza_worker import (
     payouts,
     reconcile,
     retention,
+    settle,
     webhooks,
 )
 from veza_worker.settings import Settings
@@ -48,6 +49,7 @@ class Context:
     conn: db.Connection
     settings: Settings
     client: hyperswitch.Client | None
+    options: Mapping[str, str | None] = dataclasses.field(default_factory=dict)  # the command's, by hand
 
     @property
     def psp(self) -> hyperswitch.Client:
@@ -71,6 +73,9 @@ class Sweep:
     # What the command says on exit 1 when the run found something wrong (None: all well).
     verdict: Callable[[dict[str, Any]], str | None] | None = None
     time_limit: timedelta = timedelta(minutes=10)  # Dramatiq's default
+    # The command's options, each `--<name> T`, given to `run` as Context.options[name] (None when
+    # not given); the clock's runs have none.
+    options: tuple[tuple[str, str], ...] = ()  # (name, help)
 
     def __post_init__(self) -> None:
         if not self.command:
@@ -129,6 +134,11 @@ def _audit(context: Context) -> dict[str, Any]:
 
 def _pay_sellers(context: Context) -> dict[str, Any]:
     return payouts.pay_sellers(context.conn, context.psp, context.settings)
+
+
+def _settle(context: Context) -> dict[str, Any]:
+    since, until = context.options.get("since"), context.options.get("until")
+    return settle.run(context.conn, context.psp, context.settings, since=since, until=until)
 
 
 SWEEPS: tuple[Sweep, ...] = (
@@ -202,6 +212,22 @@ SWEEPS: tuple[Sweep, ...] = (
         enabled_by="payouts_enabled",
         needs_psp=True,
         time_limit=timedelta(hours=6),  # 100,000 sellers due at once: one PSP call each
+    ),
+    Sweep(
+        "settle",
+        command="settle",
+        actor="settle",
+        help="compare every payment and refund the PSP created in a window (default: the last 3 days)"
+        " with ours: apply what our handlers can, open a discrepancy for the rest; prints counts",
+        run=_settle,
+        every="settle_interval",
+        needs_psp=True,
+        verdict=settle.verdict,
+        time_limit=timedelta(hours=6),
+        options=(
+            ("since", "ISO 8601 time the window starts at (default: --until minus 3 days)"),
+            ("until", "ISO 8601 time the window ends at (default: now)"),
+        ),
     ),
 )
 

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row
 
-from veza_worker import db, disputes, errors, events, ledger, orders, payouts, refunds
+from veza_worker import db, discrepancies, disputes, errors, events, ledger, orders, payouts, refunds
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import invoices
 
@@ -247,7 +247,27 @@ def apply_synthetic(
     )
     log_id = insert_log_sync(conn, record)
     # The PSP's own answer cannot beat a commit of ours: an unknown object is final at once.
-    return log_id, apply(conn, log_id, settings, patient=False)
+    result = apply(conn, log_id, settings, patient=False)
+    if result is not None and result.startswith("error"):
+        _synthetic_failed(conn, log_id, event_type, obj, result)
+    return log_id, result
+
+
+_PSP_IDS = ("refund_id", "payout_id", "dispute_id", "payment_id")  # the object's own id comes first
+
+
+def _synthetic_failed(
+    conn: db.Connection, log_id: int, event_type: str, obj: Mapping[str, Any], result: str
+) -> None:
+    """The PSP's own answer could not be applied: a person looks (its discrepancy is what
+    `status` counts, not the error row), and nothing retries it on its own."""
+    psp_id = next((str(obj[key]) for key in _PSP_IDS if isinstance(obj.get(key), str)), "")
+    discrepancies.open_one(
+        conn,
+        discrepancies.Kind.SYNTHETIC_DELIVERY_FAILED,
+        f"the payment provider's {event_type} for {psp_id} (log_id {log_id}) could not be applied: {result}",
+        subject=psp_id,
+    )
 
 
 # -- applying a delivery --------------------------------------------------------------------------

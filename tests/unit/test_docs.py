@@ -45,3 +45,17 @@ def test_the_docs_exist() -> None:
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.relative_to(ROOT).as_posix())
 def test_every_relative_link_resolves(page: Path) -> None:
     assert broken_links(page) == []
+
+
+def test_the_runbook_says_what_every_discrepancy_kind_means_and_what_to_do() -> None:
+    from veza_worker import discrepancies
+
+    rows = {
+        kind: line
+        for line in (ROOT / "docs" / "discrepancies.md").read_text().splitlines()
+        if line.startswith("| `")
+        for kind in re.findall(r"`(\w+)`", line.split("|")[1])
+    }
+    for kind in discrepancies.Kind:
+        assert kind.value in rows, f"docs/discrepancies.md has no row for {kind.value}"
+        assert len([cell for cell in rows[kind.value].split("|") if cell.strip()]) == 4
