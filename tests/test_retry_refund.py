@@ -170,8 +170,8 @@ def test_retry_refund_refuses_anything_but_a_failed_automatic_refund(
     order_id = three_items(conn, settings, fake)
     manual = row(
         conn,
-        "INSERT INTO refunds (order_id, requested_by, amount, currency, status, hyperswitch_refund_id, failed_at)"
-        " SELECT id, buyer_id, 1000, 'USD', 'failed', 'ref_manual_failed_000000000000', now()"
+        "INSERT INTO refunds (order_id, requested_by, amount, currency, status, hyperswitch_refund_id,"
+        " failed_at) SELECT id, buyer_id, 1000, 'USD', 'failed', 'ref_manual_failed_000000000000', now()"
         " FROM orders WHERE id = %s RETURNING id",
         order_id,
     )["id"]
