@@ -18,3 +18,8 @@ CREATE INDEX IF NOT EXISTS refunds_invoice_idx ON refunds (invoice_id) WHERE inv
 -- its own (the money was captured once); its success drains the suspense the first one filled.
 ALTER TABLE refunds ADD COLUMN retry_of uuid REFERENCES refunds (id);
 CREATE INDEX refunds_retry_of_idx ON refunds (retry_of) WHERE retry_of IS NOT NULL;
+
+-- The console's payout pages (DESIGN.md, "The ops console"): a payout's discrepancies, a seller's
+-- holds, open and closed.
+CREATE INDEX discrepancies_payout_idx ON discrepancies (payout_id) WHERE payout_id IS NOT NULL;
+CREATE INDEX seller_payout_holds_seller_idx ON seller_payout_holds (seller_id, held_at);
