@@ -256,11 +256,9 @@ SELECT CASE WHEN d.order_id IS NOT NULL THEN 'order' WHEN i.id IS NOT NULL THEN 
   FROM disputes d LEFT JOIN subscription_invoices i ON i.id = d.invoice_id
  WHERE d.id = %(text)s
 UNION ALL
-SELECT 'payout', id::text FROM payouts WHERE id = %(uuid)s
-UNION ALL
-SELECT 'payout', id::text FROM payouts WHERE hyperswitch_payout_id = %(text)s
-UNION ALL
-SELECT 'payout', id::text FROM payouts WHERE merchant_reference = %(text)s
+SELECT 'payout', id::text
+  FROM payouts
+ WHERE id = %(uuid)s OR hyperswitch_payout_id = %(text)s OR merchant_reference = %(text)s
 UNION ALL
 SELECT 'user', %(uuid)s::text
  WHERE EXISTS (SELECT 1 FROM orders WHERE buyer_id = %(uuid)s)

@@ -178,16 +178,17 @@ def test_an_order_page_shows_its_payment_partial_refund_and_dispute_in_order(
     expect(page.get_by_role("heading", name="Balances")).to_be_visible()
 
 
+@pytest.fixture
+def payout(
+    conn: psycopg.Connection[Any], settings: Settings, client: hyperswitch.Client, fake: FakeHyperswitch
+) -> dict[str, Any]:
+    """Seller A's payout, made by the pay-sellers sweep and sent to the PSP."""
+    return sent_payout(conn, settings, client, fake)
+
+
 def test_the_search_box_finds_a_payout_by_its_psp_id_and_its_seller_can_be_held(
-    page: Page,
-    console: str,
-    conn: psycopg.Connection[Any],
-    settings: Settings,
-    fake: FakeHyperswitch,
-    client: hyperswitch.Client,
-    shots: Path,
+    page: Page, console: str, conn: psycopg.Connection[Any], payout: dict[str, Any], shots: Path
 ) -> None:
-    payout = sent_payout(conn, settings, client, fake)  # made by the pay-sellers sweep, sent to the PSP
     log_in(page, console)
 
     page.get_by_role("searchbox", name="search by id").fill(payout["hyperswitch_payout_id"])

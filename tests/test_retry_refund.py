@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
@@ -17,6 +18,8 @@ from tests.support import at_once, process, row, rows, run_cli, store_event
 from veza_worker import automatic_refunds, errors, hyperswitch, ledger
 from veza_worker.settings import Settings
 
+Settle = Callable[[Any, str], None]
+
 
 def refunds_of(conn: psycopg.Connection[Any], failed: dict[str, Any]) -> list[dict[str, Any]]:
     return rows(
@@ -28,14 +31,35 @@ def refunds_of(conn: psycopg.Connection[Any], failed: dict[str, Any]) -> list[di
     )
 
 
-def settles(
-    conn: psycopg.Connection[Any], settings: Settings, fake: FakeHyperswitch, refund_id: Any, outcome: str
-) -> None:
-    psp_id = row(conn, "SELECT hyperswitch_refund_id FROM refunds WHERE id = %s", refund_id)
-    settled = settle_refund(
-        fake, psp_id["hyperswitch_refund_id"], outcome, None if outcome == "succeeded" else "no"
-    )
-    assert process(settings, store_event(conn, f"refund_{outcome}", dict(settled))) == "ok"
+@pytest.fixture
+def failed(
+    conn: psycopg.Connection[Any], settings: Settings, client: hyperswitch.Client, fake: FakeHyperswitch
+) -> dict[str, Any]:
+    """An order's automatic refund that the PSP failed: 700 USD in suspense, a discrepancy open."""
+    return failed_automatic_refund(conn, settings, client, fake)
+
+
+def retried(conn: psycopg.Connection[Any], refund_id: Any) -> dict[str, Any]:
+    """`retry-refund`'s function, committed."""
+    with conn.transaction():
+        return automatic_refunds.retry(conn, uuid.UUID(str(refund_id)), by="cli")
+
+
+@pytest.fixture
+def settle(
+    conn: psycopg.Connection[Any], settings: Settings, client: hyperswitch.Client, fake: FakeHyperswitch
+) -> Settle:
+    """What is unsent goes to the PSP, which settles this refund (`succeeded` or `failed`); its
+    webhook is applied."""
+
+    def settled(refund_id: Any, outcome: str) -> None:
+        automatic_refunds.send_unsent(conn, client)
+        psp_id = row(conn, "SELECT hyperswitch_refund_id FROM refunds WHERE id = %s", refund_id)
+        why = "declined" if outcome == "failed" else None
+        refund = settle_refund(fake, psp_id["hyperswitch_refund_id"], outcome, why)
+        assert process(settings, store_event(conn, f"refund_{outcome}", dict(refund))) == "ok"
+
+    return settled
 
 
 @pytest.mark.parametrize("invoice", [False, True], ids=["order", "invoice"])
@@ -45,6 +69,7 @@ def test_retry_refund_opens_a_new_automatic_refund_that_gives_the_money_back(
     client: hyperswitch.Client,
     fake: FakeHyperswitch,
     broker: dramatiq.Broker,
+    settle: Settle,
     invoice: bool,
 ) -> None:
     failed = failed_automatic_refund(conn, settings, client, fake, invoice=invoice)
@@ -77,25 +102,21 @@ def test_retry_refund_opens_a_new_automatic_refund_that_gives_the_money_back(
         c for c in fake.calls_to("POST", "/refunds") if c.body["refund_id"] != before["hyperswitch_refund_id"]
     ]
     assert posted.body["payment_id"] == failed["payment_id"] and posted.body["amount"] == failed["amount"]
-    settles(conn, settings, fake, retry["id"], "succeeded")
+    settle(retry["id"], "succeeded")
 
     assert account(conn, ledger.SUSPENSE) == 0 and account(conn, ledger.WORLD) == 0
     assert_audit_ok(conn)
 
 
 def test_a_retry_is_refused_while_another_is_pending_or_succeeded(
-    conn: psycopg.Connection[Any], settings: Settings, client: hyperswitch.Client, fake: FakeHyperswitch
+    conn: psycopg.Connection[Any], settings: Settings, failed: dict[str, Any], settle: Settle
 ) -> None:
-    failed = failed_automatic_refund(conn, settings, client, fake)
-    with conn.transaction():
-        retry = automatic_refunds.retry(conn, failed["id"], by="cli")
+    retry = retried(conn, failed["id"])
 
     for _ in range(2):
         with pytest.raises(errors.DomainError, match=f"automatic refund {retry['refund_id']} is pending"):
-            with conn.transaction():
-                automatic_refunds.retry(conn, failed["id"], by="cli")
-    assert automatic_refunds.send_unsent(conn, client)["sent"] == 1
-    settles(conn, settings, fake, retry["refund_id"], "succeeded")
+            retried(conn, failed["id"])
+    settle(retry["refund_id"], "succeeded")
     again = run_cli("retry-refund", str(failed["id"]), settings=settings)
 
     assert again.returncode == 1 and "is succeeded: refund" in again.stderr and "not retried" in again.stderr
@@ -104,20 +125,15 @@ def test_a_retry_is_refused_while_another_is_pending_or_succeeded(
 
 
 def test_a_failed_retry_can_be_retried_and_the_money_still_leaves_suspense_once(
-    conn: psycopg.Connection[Any], settings: Settings, client: hyperswitch.Client, fake: FakeHyperswitch
+    conn: psycopg.Connection[Any], failed: dict[str, Any], settle: Settle
 ) -> None:
-    failed = failed_automatic_refund(conn, settings, client, fake)
-    with conn.transaction():
-        second = automatic_refunds.retry(conn, failed["id"], by="cli")
-    automatic_refunds.send_unsent(conn, client)
-    settles(conn, settings, fake, second["refund_id"], "failed")
+    second = retried(conn, failed["id"])
+    settle(second["refund_id"], "failed")
     assert row(conn, "SELECT count(*) AS n FROM discrepancies WHERE resolved_at IS NULL")["n"] == 1
     assert_audit_ok(conn)
 
-    with conn.transaction():
-        third = automatic_refunds.retry(conn, uuid.UUID(second["refund_id"]), by="cli")
-    automatic_refunds.send_unsent(conn, client)
-    settles(conn, settings, fake, third["refund_id"], "succeeded")
+    third = retried(conn, second["refund_id"])
+    settle(third["refund_id"], "succeeded")
 
     assert [r["status"] for r in refunds_of(conn, failed)] == ["failed", "failed", "succeeded"]
     assert {r["retry_of"] for r in refunds_of(conn, failed)} == {None, failed["id"]}  # all name the first
@@ -127,9 +143,8 @@ def test_a_failed_retry_can_be_retried_and_the_money_still_leaves_suspense_once(
 
 
 def test_two_retries_at_once_open_one_refund(
-    conn: psycopg.Connection[Any], settings: Settings, client: hyperswitch.Client, fake: FakeHyperswitch
+    conn: psycopg.Connection[Any], settings: Settings, failed: dict[str, Any]
 ) -> None:
-    failed = failed_automatic_refund(conn, settings, client, fake)
     outcomes: list[str] = []
 
     def retry() -> None:
@@ -149,9 +164,8 @@ def test_two_retries_at_once_open_one_refund(
 
 
 def test_a_replayed_late_success_does_not_open_a_second_automatic_refund_beside_a_failed_one(
-    conn: psycopg.Connection[Any], settings: Settings, client: hyperswitch.Client, fake: FakeHyperswitch
+    conn: psycopg.Connection[Any], settings: Settings, failed: dict[str, Any]
 ) -> None:
-    failed = failed_automatic_refund(conn, settings, client, fake)
     late = {"payment_id": failed["payment_id"], "status": "succeeded", "amount": 700, "currency": "USD"}
 
     assert (
@@ -176,8 +190,7 @@ def test_retry_refund_refuses_anything_but_a_failed_automatic_refund(
         order_id,
     )["id"]
     failed = failed_automatic_refund(conn, settings, client, fake)
-    with conn.transaction():
-        pending = automatic_refunds.retry(conn, failed["id"], by="cli")["refund_id"]
+    pending = retried(conn, failed["id"])["refund_id"]
 
     for refund_id, message in [
         (manual, "is a failed, not automatic, refund"),
