@@ -129,6 +129,22 @@ def open_discrepancy(conn: psycopg.Connection[Any], detail: str = "a refund matc
     return int(row(conn, "SELECT id FROM discrepancies WHERE order_id = %s", order_id)["id"])
 
 
+def the_action(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """The one ops_actions row."""
+    return row(conn, "SELECT username, action, object_kind, object_id, note FROM ops_actions")
+
+
+def noted(action: str, object_kind: str, object_id: Any, note: str) -> dict[str, Any]:
+    """An ops_actions row of the logged-in user."""
+    return {
+        "username": OPS_USER,
+        "action": action,
+        "object_kind": object_kind,
+        "object_id": str(object_id),
+        "note": note,
+    }
+
+
 # -- who gets in --------------------------------------------------------------------------------------
 
 
@@ -457,14 +473,7 @@ def test_resolving_a_discrepancy_needs_a_note_and_leaves_an_ops_action(
     assert done.status_code == 303 and done.headers["location"] == "/ops/inbox?kind=discrepancy"
     resolved = row(conn, "SELECT resolved_by, resolution FROM discrepancies WHERE id = %s", discrepancy_id)
     assert resolved == {"resolved_by": OPS_USER, "resolution": "refunded by hand in the PSP"}
-    action = row(conn, "SELECT username, action, object_kind, object_id, note FROM ops_actions")
-    assert action == {
-        "username": OPS_USER,
-        "action": "resolve",
-        "object_kind": "discrepancy",
-        "object_id": str(discrepancy_id),
-        "note": "refunded by hand in the PSP",
-    }
+    assert the_action(conn) == noted("resolve", "discrepancy", discrepancy_id, "refunded by hand in the PSP")
     assert f"discrepancy-{discrepancy_id}" not in ops.get("/ops/inbox").text
 
     again = ops.post(path, {"csrf_token": token, "note": "twice"})
@@ -524,14 +533,7 @@ def test_replaying_a_delivery_queues_it_again_and_leaves_an_ops_action(
         == "queued"
     )
     assert int(broker.do_qsize("webhooks")) == 1  # type: ignore[attr-defined]
-    action = row(conn, "SELECT username, action, object_kind, object_id, note FROM ops_actions")
-    assert action == {
-        "username": OPS_USER,
-        "action": "replay",
-        "object_kind": "delivery",
-        "object_id": str(log_id),
-        "note": "handler fixed",
-    }
+    assert the_action(conn) == noted("replay", "delivery", log_id, "handler fixed")
     assert "handler fixed" in ops.get(f"/ops/deliveries/{log_id}").text
 
     forged = store(conn, signed=False)
@@ -609,13 +611,7 @@ def test_retrying_a_failed_automatic_refund_from_the_inbox(
     }
     assert row(conn, "SELECT status FROM refunds WHERE id = %s", failed["id"])["status"] == "failed"
     assert int(broker.do_qsize("refunds")) == 1  # type: ignore[attr-defined]
-    assert row(conn, "SELECT username, action, object_kind, object_id, note FROM ops_actions") == {
-        "username": OPS_USER,
-        "action": "retry",
-        "object_kind": "refund",
-        "object_id": str(failed["id"]),
-        "note": "the buyer's card was replaced",
-    }
+    assert the_action(conn) == noted("retry", "refund", failed["id"], "the buyer's card was replaced")
     assert f"refund-{failed['id']}" not in ops.get("/ops/inbox").text
 
     again = ops.post(path, {"csrf_token": token, "note": "twice"})
