@@ -8,12 +8,13 @@ its commit (a replay), the row is written once the action has succeeded.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from psycopg.rows import dict_row
 
-from veza_worker import db, discrepancies, errors, webhooks
+from veza_worker import automatic_refunds, db, discrepancies, errors, payouts, webhooks
 
 log = logging.getLogger(__name__)
 QUERIES = db.load_queries(__name__)
@@ -74,3 +75,38 @@ def replay_delivery(
     with conn.transaction():
         record(conn, username, "replay", "delivery", str(log_id), note)
     return result
+
+
+def hold_payouts(conn: db.Connection, username: str, seller_id: uuid.UUID, note: str) -> dict[str, Any]:
+    """`veza-worker hold-payouts SELLER_ID --reason NOTE`: the hold and its ops_actions row commit
+    together."""
+    note = check_note(note)
+    with conn.transaction():
+        held = payouts.hold(conn, seller_id, note)
+        record(conn, username, "hold", "seller", str(seller_id), note)
+    return held
+
+
+def release_payouts(conn: db.Connection, username: str, seller_id: uuid.UUID, note: str) -> dict[str, Any]:
+    """`veza-worker release-payouts SELLER_ID`; the note says why, in the ops_actions row."""
+    note = check_note(note)
+    with conn.transaction():
+        released = payouts.release(conn, seller_id)
+        record(conn, username, "release", "seller", str(seller_id), note)
+    return released
+
+
+def retry_refund(
+    conn: db.Connection,
+    username: str,
+    refund_id: uuid.UUID,
+    note: str,
+    enqueue: Callable[[uuid.UUID], Any],
+) -> dict[str, Any]:
+    """`veza-worker retry-refund REFUND_ID`: the new automatic refund and the ops_actions row commit
+    together; the refund is enqueued once they have."""
+    note = check_note(note)
+    with automatic_refunds.enqueue_after_commit(conn, enqueue), conn.transaction():
+        retried = automatic_refunds.retry(conn, refund_id, by=username, note=note)
+        record(conn, username, "retry", "refund", str(refund_id), note)
+    return retried

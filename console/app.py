@@ -250,29 +250,27 @@ async def inbox(request: Request) -> Response:
     return render(request, "inbox.html", **page)
 
 
-async def order(request: Request) -> Response:
-    order_id = _uuid_param(request, "order_id")
-    page = await console_of(request).read(views.order, order_id) if order_id else None
-    return render(request, "order.html", **page) if page else not_found(request, "Order")
+def object_page(param: str, view: Callable[..., dict[str, Any] | None], template: str, what: str) -> Any:
+    """The page of one object named by a uuid in the path: its view's reading, or 404."""
+
+    async def page(request: Request) -> Response:
+        object_id = _uuid_param(request, param)
+        found = await console_of(request).read(view, object_id) if object_id else None
+        return render(request, template, **found) if found else not_found(request, what)
+
+    return page
 
 
-async def subscription(request: Request) -> Response:
-    subscription_id = _uuid_param(request, "subscription_id")
-    page = await console_of(request).read(views.subscription, subscription_id) if subscription_id else None
-    return render(request, "subscription.html", **page) if page else not_found(request, "Subscription")
+order = object_page("order_id", views.order, "order.html", "Order")
+subscription = object_page("subscription_id", views.subscription, "subscription.html", "Subscription")
+seller = object_page("seller_id", views.seller, "seller.html", "Seller")
+user = object_page("user_id", views.user, "user.html", "User")
+payout = object_page("payout_id", views.payout, "payout.html", "Payout")
 
 
-async def seller(request: Request) -> Response:
-    seller_id = _uuid_param(request, "seller_id")
-    page = await console_of(request).read(views.seller, seller_id) if seller_id else None
-    return render(request, "seller.html", **page) if page else not_found(request, "Seller")
-
-
-async def user(request: Request) -> Response:
-    user_id = _uuid_param(request, "user_id")
-    if user_id is None:
-        return not_found(request, "User")
-    return render(request, "user.html", **await console_of(request).read(views.user, user_id))
+async def payouts(request: Request) -> Response:
+    page = await console_of(request).read(views.payout_list, request.query_params.get("status", ""))
+    return render(request, "payouts.html", **page)
 
 
 async def disputes(request: Request) -> Response:
@@ -296,6 +294,7 @@ PAGES = {
     "user": "/users/",
     "delivery": "/deliveries/",
     "dispute": "/disputes#",
+    "payout": "/payouts/",
 }
 
 
@@ -341,8 +340,34 @@ async def replay(request: Request) -> Response:
     )
 
 
+async def hold(request: Request) -> Response:
+    return await _act_on_seller(request, actions.hold_payouts)
+
+
+async def release(request: Request) -> Response:
+    return await _act_on_seller(request, actions.release_payouts)
+
+
+async def _act_on_seller(request: Request, action: Callable[..., Any]) -> Response:
+    seller_id = _uuid_param(request, "seller_id")
+    if seller_id is None:
+        return not_found(request, "Seller")
+    return await _act(request, f"/sellers/{seller_id}", action, seller_id)
+
+
+async def retry(request: Request) -> Response:
+    from veza_worker import actors  # the broker: imported by the web process already (receiver)
+
+    refund_id = _uuid_param(request, "refund_id")
+    if refund_id is None:
+        return not_found(request, "Refund")
+    return await _act(
+        request, "/inbox", actions.retry_refund, refund_id, extra=(actors.send_automatic_refund,)
+    )
+
+
 async def _act(
-    request: Request, fallback: str, action: Callable[..., Any], object_id: int, extra: tuple[Any, ...] = ()
+    request: Request, fallback: str, action: Callable[..., Any], object_id: Any, extra: tuple[Any, ...] = ()
 ) -> Response:
     """Run an action with the user's note; 303 back to the page it came from, or the error."""
     form = await checked_form(request)
@@ -406,11 +431,16 @@ def create_app(settings: Settings, pool: ConnectionPool[db.Connection]) -> Starl
         Route("/sellers/{seller_id}", seller),
         Route("/users/{user_id}", user),
         Route("/disputes", disputes),
+        Route("/payouts", payouts),
+        Route("/payouts/{payout_id}", payout),
         Route("/deliveries/{log_id:int}", delivery),
         Route("/search", search),
         Route("/console.css", stylesheet),
         Route("/discrepancies/{discrepancy_id:int}/resolve", resolve, methods=["POST"]),
         Route("/deliveries/{log_id:int}/replay", replay, methods=["POST"]),
+        Route("/sellers/{seller_id}/hold", hold, methods=["POST"]),
+        Route("/sellers/{seller_id}/release", release, methods=["POST"]),
+        Route("/refunds/{refund_id}/retry", retry, methods=["POST"]),
     ]
     middleware = [
         Middleware(

@@ -16,14 +16,17 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from veza_worker import db, ledger, ops
+from console import actions
+from veza_worker import db, ledger, ops, payouts
 from veza_worker.settings import Settings
 
 QUERIES = db.load_queries(__name__)
 
-INBOX_KINDS = ("discrepancy", "delivery")
+INBOX_KINDS = ("discrepancy", "refund", "payout", "delivery")
 INBOX_LIMIT = 100
 DISPUTES_LIMIT = 200
+PAYOUTS_LIMIT = 100
+SELLER_PAYOUTS_LIMIT = 50
 MAX_PAYLOAD_CHARS = 65_536
 
 # Keys whose values the console never shows: the PSP's client secrets and keys, tokens, signatures.
@@ -103,12 +106,26 @@ def order(conn: db.Connection, order_id: uuid.UUID) -> dict[str, Any] | None:
             "refunds": _fetch(conn, "order_refunds", order_id=order_id),
             "disputes": _fetch(conn, "order_disputes", order_id=order_id),
             "transfers": _fetch(conn, "order_transfers", order_id=order_id),
-            "postings": _fetch(conn, "order_postings", order_id=order_id),
-            "discrepancies": _fetch(conn, "order_discrepancies", order_id=order_id),
             "deliveries": _deliveries(conn, [found["payment_id"]]),
+            **_money_of(conn, order_id=order_id),
         }
     page["timeline"] = order_timeline(page)
     return page
+
+
+def _money_of(
+    conn: db.Connection,
+    *,
+    order_id: uuid.UUID | None = None,
+    invoice_ids: list[uuid.UUID] | None = None,
+    payout_id: uuid.UUID | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """The ledger postings and the discrepancies about an order, invoices or a payout."""
+    about = {"order_id": order_id, "invoice_ids": invoice_ids or [], "payout_id": payout_id}
+    return {
+        "postings": _fetch(conn, "postings", **about),
+        "discrepancies": _fetch(conn, "discrepancies_of", **about),
+    }
 
 
 def _deliveries(conn: db.Connection, payment_ids: list[str | None]) -> list[dict[str, Any]]:
@@ -219,8 +236,7 @@ def subscription(conn: db.Connection, subscription_id: uuid.UUID) -> dict[str, A
             "invoices": invoices,
             "refunds": _fetch(conn, "invoice_refunds", invoice_ids=invoice_ids),
             "disputes": _fetch(conn, "invoice_disputes", invoice_ids=invoice_ids),
-            "postings": _fetch(conn, "invoice_postings", invoice_ids=invoice_ids),
-            "discrepancies": _fetch(conn, "invoice_discrepancies", invoice_ids=invoice_ids),
+            **_money_of(conn, invoice_ids=invoice_ids),
             "deliveries": _deliveries(conn, [i["payment_id"] for i in invoices]),
             "others": [
                 s
@@ -258,14 +274,46 @@ def subscription_timeline(page: dict[str, Any]) -> list[Event]:
 
 
 def seller(conn: db.Connection, seller_id: uuid.UUID) -> dict[str, Any] | None:
-    """A seller's balances and statement (ledger.statement, as `seller-statement` prints it) and
-    transfers; None for an id no balance or transfer names."""
+    """A seller's balances and statement (ledger.statement, as `seller-statement` prints it), payout
+    hold, payouts (`payouts --seller`) and transfers; None for an id nothing names as a seller."""
     with conn.transaction():
         known = conn.execute(QUERIES["seller_known"], {"seller_id": seller_id}).fetchone()
         if not (known and known[0]):
             return None
-        transfers = _fetch(conn, "seller_transfers", seller_id=seller_id)
-    return {"seller_id": seller_id, "statement": ledger.statement(conn, seller_id), "transfers": transfers}
+        holds = _fetch(conn, "seller_holds", seller_id=seller_id)
+        return {
+            "seller_id": seller_id,
+            "statement": ledger.statement(conn, seller_id),
+            "held": next((h for h in holds if h["released_at"] is None), None),
+            "holds": holds,
+            "payout_method": _one(conn, "seller_payout_method", seller_id=seller_id),
+            "payouts": payouts.listing(conn, seller_id=seller_id, limit=SELLER_PAYOUTS_LIMIT),
+            "transfers": _fetch(conn, "seller_transfers", seller_id=seller_id),
+            "history": actions.actions_on(conn, "seller", str(seller_id)),
+        }
+
+
+# -- payouts ----------------------------------------------------------------------------------------
+
+
+def payout_list(conn: db.Connection, status: str) -> dict[str, Any]:
+    """`veza-worker payouts [--status X]` as a page: newest first; `status` '' for all."""
+    status = status if status in set(payouts.Status) else ""
+    found = payouts.listing(conn, status=status or None, limit=PAYOUTS_LIMIT)
+    return {"payouts": found, "status": status, "statuses": list(payouts.Status), "limit": PAYOUTS_LIMIT}
+
+
+def payout(conn: db.Connection, payout_id: uuid.UUID) -> dict[str, Any] | None:
+    """One payout: its PSP ids and answer, the transfers it carries, its postings and discrepancies."""
+    with conn.transaction():
+        found = _one(conn, "payout", payout_id=payout_id)
+        if found is None:
+            return None
+        return {
+            "payout": found,
+            "transfers": _fetch(conn, "payout_transfers", payout_id=payout_id),
+            **_money_of(conn, payout_id=payout_id),
+        }
 
 
 def user(conn: db.Connection, user_id: uuid.UUID) -> dict[str, Any]:

@@ -13,21 +13,43 @@ SELECT started_at, finished_at, error, jsonb_array_length(counts -> 'violations'
 
 -- inbox --
 -- What waits for a person, oldest first (what ops.sql's needs_a_human counts, each case once):
--- open discrepancies (a failed automatic refund is one, automatic_refund_failed; a row the
--- reconciler left to a person is one too) and deliveries that ended in error (not the synthetic
--- ones: their discrepancy stands for them). Each branch walks its partial index; `kind` ('' = all)
--- keeps the other from running at all.
+-- open discrepancies (a failed automatic refund's, kind automatic_refund_failed, shows as its
+-- refund, with Retry; a row the reconciler left to a person is a discrepancy too), deliveries that
+-- ended in error (not the synthetic ones: their discrepancy stands for them), and payouts of the
+-- last 30 days that failed or came back with nothing paid to that seller since. Each branch walks
+-- its partial index; `kind` ('' = all) keeps the others from running at all.
 SELECT kind, id, since, title, detail, order_id, invoice_id, refund_id, dispute_id, payment_id,
-       object_id, amount, currency
+       object_id, amount, currency, payout_id, seller_id
   FROM ((SELECT 'discrepancy' AS kind, id::text AS id, created_at AS since, kind AS title, detail,
                 order_id, invoice_id, refund_id, dispute_id, NULL::text AS payment_id,
-                NULL::text AS object_id, amount, currency
+                NULL::text AS object_id, amount, currency, payout_id, NULL::uuid AS seller_id
            FROM discrepancies
-          WHERE resolved_at IS NULL AND %(kind)s IN ('', 'discrepancy')
+          WHERE resolved_at IS NULL AND kind <> 'automatic_refund_failed'
+            AND %(kind)s IN ('', 'discrepancy')
           ORDER BY created_at LIMIT %(limit)s)
         UNION ALL
+        (SELECT 'refund', r.id::text, d.created_at, 'automatic refund failed', d.detail,
+                r.order_id, r.invoice_id, NULL, NULL, NULL, d.id::text, r.amount, r.currency, NULL, NULL
+           FROM discrepancies d
+           JOIN refunds r ON r.id = d.refund_id
+          WHERE d.resolved_at IS NULL AND d.kind = 'automatic_refund_failed'
+            AND %(kind)s IN ('', 'refund')
+          ORDER BY d.created_at LIMIT %(limit)s)
+        UNION ALL
+        (SELECT 'payout', p.id::text, coalesce(p.reversed_at, p.failed_at), 'payout ' || p.status,
+                coalesce(p.error_message, ''), NULL, NULL, NULL, NULL, NULL, NULL, p.amount, p.currency,
+                p.id, p.seller_id
+           FROM payouts p
+          WHERE (p.failed_at > now() - interval '30 days' OR p.reversed_at > now() - interval '30 days')
+            AND p.status IN ('failed', 'reversed')
+            AND NOT EXISTS (SELECT 1 FROM payouts n
+                             WHERE n.seller_id = p.seller_id AND n.currency = p.currency
+                               AND n.created_at > p.created_at AND n.status IN ('pending', 'paid'))
+            AND %(kind)s IN ('', 'payout')
+          ORDER BY 3 LIMIT %(limit)s)
+        UNION ALL
         (SELECT 'delivery', id::text, received_at, coalesce(event_type, 'delivery'), processing_result,
-                NULL, NULL, NULL, NULL, webhook_payment_id(payload), NULL, NULL, NULL
+                NULL, NULL, NULL, NULL, webhook_payment_id(payload), NULL, NULL, NULL, NULL, NULL
            FROM hyperswitch_webhook_log
           WHERE processing_result LIKE 'error%%' AND user_agent IS DISTINCT FROM 'veza-worker-reconciler'
             AND %(kind)s IN ('', 'delivery')
@@ -37,10 +59,20 @@ SELECT kind, id, since, title, detail, order_id, invoice_id, refund_id, dispute_
 
 -- inbox_counts --
 -- How many of each kind wait (the same partial indexes).
-SELECT (SELECT count(*) FROM discrepancies WHERE resolved_at IS NULL) AS discrepancy,
+SELECT (SELECT count(*) FROM discrepancies
+         WHERE resolved_at IS NULL AND kind <> 'automatic_refund_failed') AS discrepancy,
+       (SELECT count(*) FROM discrepancies
+         WHERE resolved_at IS NULL AND kind = 'automatic_refund_failed') AS refund,
+       (SELECT count(*) FROM payouts p
+         WHERE (p.failed_at > now() - interval '30 days' OR p.reversed_at > now() - interval '30 days')
+           AND p.status IN ('failed', 'reversed')
+           AND NOT EXISTS (SELECT 1 FROM payouts n
+                            WHERE n.seller_id = p.seller_id AND n.currency = p.currency
+                              AND n.created_at > p.created_at AND n.status IN ('pending', 'paid')))
+         AS payout,
        (SELECT count(*) FROM hyperswitch_webhook_log
          WHERE processing_result LIKE 'error%%' AND user_agent IS DISTINCT FROM 'veza-worker-reconciler')
-       AS delivery;
+         AS delivery;
 
 -- order --
 SELECT id, buyer_id, status, total_amount, currency, payment_id, refunded_amount, created_at, updated_at,
@@ -82,21 +114,23 @@ SELECT id, seller_id, amount, currency, status, created_at, updated_at
  ORDER BY created_at, seller_id
  LIMIT 100;
 
--- order_postings --
--- The ledger movements naming the order (its payment, hold release, refunds, disputes).
-SELECT t.id, t.key, t.kind, t.created_at, t.refund_id, t.dispute_id, t.log_id,
+-- postings --
+-- The ledger movements naming an order (its payment, hold release, refunds, disputes), a
+-- subscription's invoices, or a payout: each through its partial index.
+SELECT t.id, t.key, t.kind, t.created_at, t.refund_id, t.dispute_id, t.invoice_id, t.log_id,
        (SELECT json_agg(json_build_object('account', e.account, 'amount', e.amount, 'currency', e.currency)
                         ORDER BY e.id)
           FROM ledger_entries e WHERE e.transaction_id = t.id) AS entries
   FROM ledger_transactions t
- WHERE t.order_id = %(order_id)s
+ WHERE t.order_id = %(order_id)s OR t.invoice_id = ANY(%(invoice_ids)s::uuid[]) OR t.payout_id = %(payout_id)s
  ORDER BY t.created_at, t.key
  LIMIT 200;
 
--- order_discrepancies --
+-- discrepancies_of --
+-- The discrepancies about an order, a subscription's invoices, or a payout.
 SELECT id, kind, detail, amount, currency, created_at, resolved_at, resolved_by, resolution
   FROM discrepancies
- WHERE order_id = %(order_id)s
+ WHERE order_id = %(order_id)s OR invoice_id = ANY(%(invoice_ids)s::uuid[]) OR payout_id = %(payout_id)s
  ORDER BY created_at
  LIMIT 100;
 
@@ -141,23 +175,6 @@ SELECT id, invoice_id, hyperswitch_refund_id, amount, currency, status, note, au
 SELECT id, invoice_id, payment_id, amount, currency, stage, status, challenge_required_by, created_at,
        closed_at
   FROM disputes
- WHERE invoice_id = ANY(%(invoice_ids)s::uuid[])
- ORDER BY created_at
- LIMIT 100;
-
--- invoice_postings --
-SELECT t.id, t.key, t.kind, t.created_at, t.invoice_id, t.refund_id, t.dispute_id, t.log_id,
-       (SELECT json_agg(json_build_object('account', e.account, 'amount', e.amount, 'currency', e.currency)
-                        ORDER BY e.id)
-          FROM ledger_entries e WHERE e.transaction_id = t.id) AS entries
-  FROM ledger_transactions t
- WHERE t.invoice_id = ANY(%(invoice_ids)s::uuid[])
- ORDER BY t.created_at, t.key
- LIMIT 200;
-
--- invoice_discrepancies --
-SELECT id, kind, detail, amount, currency, created_at, resolved_at, resolved_by, resolution
-  FROM discrepancies
  WHERE invoice_id = ANY(%(invoice_ids)s::uuid[])
  ORDER BY created_at
  LIMIT 100;
@@ -234,6 +251,10 @@ SELECT CASE WHEN d.order_id IS NOT NULL THEN 'order' WHEN i.id IS NOT NULL THEN 
   FROM disputes d LEFT JOIN subscription_invoices i ON i.id = d.invoice_id
  WHERE d.id = %(text)s
 UNION ALL
+SELECT 'payout', id::text
+  FROM payouts
+ WHERE id = %(uuid)s OR hyperswitch_payout_id = %(text)s OR merchant_reference = %(text)s
+UNION ALL
 SELECT 'user', %(uuid)s::text
  WHERE EXISTS (SELECT 1 FROM orders WHERE buyer_id = %(uuid)s)
     OR EXISTS (SELECT 1 FROM user_subscriptions WHERE user_id = %(uuid)s)
@@ -241,9 +262,42 @@ UNION ALL
 SELECT 'seller', %(uuid)s::text
  WHERE EXISTS (SELECT 1 FROM seller_balances WHERE seller_id = %(uuid)s)
     OR EXISTS (SELECT 1 FROM seller_transfers WHERE seller_id = %(uuid)s)
+    OR EXISTS (SELECT 1 FROM payouts WHERE seller_id = %(uuid)s)
+    OR EXISTS (SELECT 1 FROM seller_payout_holds WHERE seller_id = %(uuid)s)
 UNION ALL
 SELECT 'delivery', id::text FROM hyperswitch_webhook_log WHERE id = %(number)s;
 
 -- seller_known --
+-- A seller is anyone with a balance, a transfer, a payout or a hold.
 SELECT EXISTS (SELECT 1 FROM seller_balances WHERE seller_id = %(seller_id)s)
-    OR EXISTS (SELECT 1 FROM seller_transfers WHERE seller_id = %(seller_id)s);
+    OR EXISTS (SELECT 1 FROM seller_transfers WHERE seller_id = %(seller_id)s)
+    OR EXISTS (SELECT 1 FROM payouts WHERE seller_id = %(seller_id)s)
+    OR EXISTS (SELECT 1 FROM seller_payout_holds WHERE seller_id = %(seller_id)s);
+
+-- seller_holds --
+-- A seller's payout holds, newest first: the open one (released_at NULL) and the closed ones.
+SELECT id, reason, held_at, released_at
+  FROM seller_payout_holds
+ WHERE seller_id = %(seller_id)s
+ ORDER BY held_at DESC
+ LIMIT 20;
+
+-- seller_payout_method --
+SELECT customer_id, payout_method_id, payout_type, updated_at
+  FROM seller_payout_methods
+ WHERE seller_id = %(seller_id)s;
+
+-- payout --
+SELECT id, seller_id, amount, currency, status, hyperswitch_payout_id, merchant_reference, customer_id,
+       payout_method_id, payout_type, psp_status, error_message, created_at, updated_at, submitted_at,
+       paid_at, failed_at, reversed_at
+  FROM payouts
+ WHERE id = %(payout_id)s;
+
+-- payout_transfers --
+-- The transfers a payout carries (seller_transfers_payout_idx).
+SELECT id, order_id, amount, currency, status, created_at, updated_at
+  FROM seller_transfers
+ WHERE payout_id = %(payout_id)s
+ ORDER BY created_at, id
+ LIMIT 200;

@@ -7,6 +7,7 @@ tests/support.py (constants, servers, reads), never in a test module: no test im
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -17,7 +18,7 @@ import psycopg
 
 from tests.fake_hyperswitch import FakeHyperswitch, dispute, settle_payment, settle_refund, timestamp
 from tests.support import PSP_API_KEY, make_order, process, row, rows, store_event
-from veza_worker import audit, hyperswitch, ledger, refunds
+from veza_worker import audit, automatic_refunds, hyperswitch, ledger, payouts, refunds
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import commands
 
@@ -291,3 +292,58 @@ def moved(fake: FakeHyperswitch, opened: dict[str, Any], status: str) -> dict[st
 
 def payment_of(conn: psycopg.Connection[Any], order_id: uuid.UUID) -> str:
     return str(row(conn, "SELECT payment_id FROM orders WHERE id = %s", order_id)["payment_id"])
+
+
+# -- automatic refunds ----------------------------------------------------------------------------------
+
+
+def failed_automatic_refund(
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    *,
+    invoice: bool = False,
+) -> dict[str, Any]:
+    """A payment that succeeded late for a failed order (or, `invoice`, a failed subscription
+    invoice), its automatic refund sent and failed at the PSP: the money in suspense, a discrepancy
+    open. Its ids and amount."""
+    if invoice:
+        opened = commands.subscribe(conn, client, BUYER, make_plan(conn, 999))
+        payment_id, amount, currency = opened["payment_id"], 999, "EUR"
+        late = {"payment_id": payment_id, "status": "failed", "amount": amount, "currency": currency}
+        assert process(settings, store_event(conn, "payment_failed", late)) == "ok"
+    else:
+        payment_id, amount, currency = hyperswitch.merchant_id("pay", uuid.uuid4()), 700, "USD"
+        make_order(conn, [(SELLER_A, amount)], status="failed", payment_id=payment_id)
+        fake.payments[payment_id] = {"payment_id": payment_id, "amount": amount, "currency": currency}
+        fake.payments[payment_id].update(status="succeeded", client_secret="cs", metadata={})
+    late = {"payment_id": payment_id, "status": "succeeded", "amount": amount, "currency": currency}
+    settle_payment(fake, payment_id, "succeeded")
+    assert process(settings, store_event(conn, "payment_succeeded", late)) == "ok"
+    assert automatic_refunds.send_unsent(conn, client)["sent"] == 1
+    refund = row(conn, "SELECT id, hyperswitch_refund_id, order_id, invoice_id FROM refunds WHERE automatic")
+    failed = settle_refund(fake, refund["hyperswitch_refund_id"], "failed", "card closed")
+    assert process(settings, store_event(conn, "refund_failed", dict(failed))) == "ok"
+    return {**refund, "payment_id": payment_id, "amount": amount, "currency": currency}
+
+
+# -- payouts ------------------------------------------------------------------------------------------
+
+
+def sent_payout(
+    conn: psycopg.Connection[Any], settings: Settings, client: hyperswitch.Client, fake: FakeHyperswitch
+) -> dict[str, Any]:
+    """`three_items`'s order past its refund window, seller A's bank account saved in Hyperswitch,
+    and one pay-sellers sweep: seller A's payout of 800 USD, submitted and pending at the PSP."""
+    order_id = three_items(conn, settings, fake)
+    conn.execute("UPDATE orders SET refund_deadline = now() - interval '1 day' WHERE id = %s", [order_id])
+    customer_id = hyperswitch.merchant_id("cus", SELLER_A)
+    conn.execute(
+        "INSERT INTO seller_payout_methods (seller_id, customer_id, payout_method_id) VALUES (%s, %s, %s)",
+        [SELLER_A, customer_id, fake.save_payout_method(customer_id)],
+    )
+    with psycopg.connect(settings.database_url) as own:
+        counts = payouts.pay_sellers(own, client, dataclasses.replace(settings, payout_minimum=100))
+    assert counts["submitted"] == 1, counts  # seller B saved no bank account
+    return row(conn, "SELECT * FROM payouts WHERE seller_id = %s", SELLER_A)

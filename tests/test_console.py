@@ -22,8 +22,14 @@ import pytest
 
 from console import auth
 from receiver.app import create_app
-from tests.factories import paid_refunded_disputed
-from tests.fake_hyperswitch import FakeHyperswitch
+from tests.factories import (
+    SELLER_A,
+    assert_audit_ok,
+    failed_automatic_refund,
+    paid_refunded_disputed,
+    sent_payout,
+)
+from tests.fake_hyperswitch import FakeHyperswitch, settle_payout, webhook_body
 from tests.support import (
     OPS_OTHER_PASSWORD,
     OPS_OTHER_USER,
@@ -42,7 +48,7 @@ from tests.support import (
     rows,
     store,
 )
-from veza_worker import discrepancies, errors, hyperswitch, sweeps
+from veza_worker import discrepancies, errors, hyperswitch, payouts, sweeps
 from veza_worker.settings import Settings
 
 
@@ -123,6 +129,22 @@ def open_discrepancy(conn: psycopg.Connection[Any], detail: str = "a refund matc
     return int(row(conn, "SELECT id FROM discrepancies WHERE order_id = %s", order_id)["id"])
 
 
+def the_action(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """The one ops_actions row."""
+    return row(conn, "SELECT username, action, object_kind, object_id, note FROM ops_actions")
+
+
+def noted(action: str, object_kind: str, object_id: Any, note: str) -> dict[str, Any]:
+    """An ops_actions row of the logged-in user."""
+    return {
+        "username": OPS_USER,
+        "action": action,
+        "object_kind": object_kind,
+        "object_id": str(object_id),
+        "note": note,
+    }
+
+
 # -- who gets in --------------------------------------------------------------------------------------
 
 
@@ -150,6 +172,9 @@ PAGES = [
     f"/ops/sellers/{uuid.uuid4()}",
     f"/ops/users/{uuid.uuid4()}",
     "/ops/disputes",
+    "/ops/payouts",
+    "/ops/payouts?status=failed",
+    f"/ops/payouts/{uuid.uuid4()}",
     "/ops/deliveries/1",
     "/ops/search?q=pay_x",
 ]
@@ -196,6 +221,9 @@ def test_a_user_removed_from_ops_users_is_logged_out(settings: Settings, strange
     [
         ("/ops/discrepancies/{id}/resolve", {"note": "checked with the PSP"}),
         ("/ops/deliveries/1/replay", {"note": "apply it again"}),
+        (f"/ops/sellers/{uuid.uuid4()}/hold", {"note": "under review"}),
+        (f"/ops/sellers/{uuid.uuid4()}/release", {"note": "review done"}),
+        (f"/ops/refunds/{uuid.uuid4()}/retry", {"note": "card replaced"}),
         ("/ops/logout", {}),
     ],
 )
@@ -212,6 +240,7 @@ def test_a_post_without_the_csrf_token_is_refused(
         is None
     )
     assert rows(conn, "SELECT * FROM ops_actions") == []
+    assert rows(conn, "SELECT * FROM seller_payout_holds") == []
     assert ops.get("/ops/inbox").status_code == 200  # still logged in
 
 
@@ -444,14 +473,7 @@ def test_resolving_a_discrepancy_needs_a_note_and_leaves_an_ops_action(
     assert done.status_code == 303 and done.headers["location"] == "/ops/inbox?kind=discrepancy"
     resolved = row(conn, "SELECT resolved_by, resolution FROM discrepancies WHERE id = %s", discrepancy_id)
     assert resolved == {"resolved_by": OPS_USER, "resolution": "refunded by hand in the PSP"}
-    action = row(conn, "SELECT username, action, object_kind, object_id, note FROM ops_actions")
-    assert action == {
-        "username": OPS_USER,
-        "action": "resolve",
-        "object_kind": "discrepancy",
-        "object_id": str(discrepancy_id),
-        "note": "refunded by hand in the PSP",
-    }
+    assert the_action(conn) == noted("resolve", "discrepancy", discrepancy_id, "refunded by hand in the PSP")
     assert f"discrepancy-{discrepancy_id}" not in ops.get("/ops/inbox").text
 
     again = ops.post(path, {"csrf_token": token, "note": "twice"})
@@ -511,20 +533,123 @@ def test_replaying_a_delivery_queues_it_again_and_leaves_an_ops_action(
         == "queued"
     )
     assert int(broker.do_qsize("webhooks")) == 1  # type: ignore[attr-defined]
-    action = row(conn, "SELECT username, action, object_kind, object_id, note FROM ops_actions")
-    assert action == {
-        "username": OPS_USER,
-        "action": "replay",
-        "object_kind": "delivery",
-        "object_id": str(log_id),
-        "note": "handler fixed",
-    }
+    assert the_action(conn) == noted("replay", "delivery", log_id, "handler fixed")
     assert "handler fixed" in ops.get(f"/ops/deliveries/{log_id}").text
 
     forged = store(conn, signed=False)
     refused = ops.post(f"/ops/deliveries/{forged}/replay", {"csrf_token": token, "note": "try"})
     assert refused.status_code == 400 and "invalid signature" in refused.text
     assert len(rows(conn, "SELECT * FROM ops_actions")) == 1
+
+
+def test_holding_and_releasing_a_sellers_payouts_need_a_note_and_leave_ops_actions(
+    ops: Ops, conn: psycopg.Connection[Any]
+) -> None:
+    seller_id = uuid.uuid4()
+    page = f"/ops/sellers/{seller_id}"
+    token = ops.csrf("/ops/")
+    form = {"csrf_token": token, "next": f"/sellers/{seller_id}"}
+
+    refused = ops.post(f"{page}/hold", {**form, "note": "  "})
+    assert refused.status_code == 400 and "note is required" in refused.text
+    assert (
+        rows(conn, "SELECT * FROM seller_payout_holds") == []
+        and rows(conn, "SELECT * FROM ops_actions") == []
+    )
+
+    held = ops.post(f"{page}/hold", {**form, "note": "chargebacks under review"})
+    assert (held.status_code, held.headers["location"]) == (303, page)
+    hold = row(conn, "SELECT reason, released_at FROM seller_payout_holds WHERE seller_id = %s", seller_id)
+    assert hold == {"reason": "chargebacks under review", "released_at": None}  # hold-payouts' row
+    shown = ops.get(page).text
+    assert "chargebacks under review" in shown and f'action="{page}/release"' in shown
+    assert f'href="{page}"' in ops.get("/ops/").text  # the overview lists the held sellers
+    twice = ops.post(f"{page}/hold", {**form, "note": "again"})
+    assert twice.status_code == 400 and "already held" in twice.text
+
+    released = ops.post(f"{page}/release", {**form, "note": "review done: nothing wrong"})
+    assert (released.status_code, released.headers["location"]) == (303, page)
+    with pytest.raises(errors.DomainError, match="not held"):  # release-payouts' function agrees
+        payouts.release(conn, seller_id)
+    assert f'action="{page}/hold"' in ops.get(page).text
+    assert rows(
+        conn, "SELECT username, action, object_kind, object_id, note FROM ops_actions ORDER BY id"
+    ) == [
+        {"username": OPS_USER, "action": a, "object_kind": "seller", "object_id": str(seller_id), "note": n}
+        for a, n in [("hold", "chargebacks under review"), ("release", "review done: nothing wrong")]
+    ]
+
+
+def test_retrying_a_failed_automatic_refund_from_the_inbox(
+    ops: Ops,
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    broker: dramatiq.Broker,
+) -> None:
+    failed = failed_automatic_refund(conn, settings, client, fake)
+    path = f"/ops/refunds/{failed['id']}/retry"
+    inbox = ops.get("/ops/inbox?kind=refund").text
+    assert f'id="refund-{failed["id"]}"' in inbox and f'action="{path}"' in inbox
+    token = csrf_token_in(inbox)
+
+    refused = ops.post(path, {"csrf_token": token, "note": ""})
+    assert refused.status_code == 400 and "note is required" in refused.text
+    assert len(rows(conn, "SELECT 1 FROM refunds")) == 1 and rows(conn, "SELECT * FROM ops_actions") == []
+
+    done = ops.post(
+        path, {"csrf_token": token, "note": "the buyer's card was replaced", "next": "/inbox?kind=refund"}
+    )
+    assert (done.status_code, done.headers["location"]) == (303, "/ops/inbox?kind=refund")
+    retry = row(conn, "SELECT status, amount, retry_of, automatic FROM refunds WHERE retry_of IS NOT NULL")
+    assert retry == {
+        "status": "pending",
+        "amount": failed["amount"],
+        "retry_of": failed["id"],
+        "automatic": True,
+    }
+    assert row(conn, "SELECT status FROM refunds WHERE id = %s", failed["id"])["status"] == "failed"
+    assert int(broker.do_qsize("refunds")) == 1  # type: ignore[attr-defined]
+    assert the_action(conn) == noted("retry", "refund", failed["id"], "the buyer's card was replaced")
+    assert f"refund-{failed['id']}" not in ops.get("/ops/inbox").text
+
+    again = ops.post(path, {"csrf_token": token, "note": "twice"})
+    assert again.status_code == 400 and "is pending" in again.text
+    assert len(rows(conn, "SELECT * FROM ops_actions")) == 1
+    assert_audit_ok(conn)
+
+
+def test_payouts_are_listed_found_by_any_of_their_ids_and_failed_ones_wait_in_the_inbox(
+    ops: Ops,
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+) -> None:
+    payout = sent_payout(conn, settings, client, fake)
+    page = f"/ops/payouts/{payout['id']}"
+    listed = ops.get("/ops/payouts").text
+    assert f'href="{page}"' in listed and f'href="/ops/sellers/{SELLER_A}"' in listed
+    assert payout["hyperswitch_payout_id"] in listed
+    assert page in ops.get("/ops/payouts?status=pending").text
+    assert page not in ops.get("/ops/payouts?status=paid").text
+    shown = ops.get(page).text
+    assert (
+        payout["merchant_reference"] in shown and "payout_created" in shown and 'href="/ops/orders/' in shown
+    )
+    assert f'href="{page}"' in ops.get(f"/ops/sellers/{SELLER_A}").text
+    overview = ops.get("/ops/").text
+    assert "In transit to sellers" in overview and "8.00 USD" in overview
+    for query in (payout["id"], payout["hyperswitch_payout_id"], payout["merchant_reference"]):
+        found = ops.get("/ops/search", params={"q": str(query)})
+        assert (found.status_code, found.headers.get("location")) == (303, page), query
+
+    failed = settle_payout(fake, payout["hyperswitch_payout_id"], "failed", "account closed")
+    assert process(settings, store(conn, webhook_body("payout_failed", dict(failed)))) == "ok"
+    inbox = ops.get("/ops/inbox?kind=payout").text
+    assert f'id="payout-{payout["id"]}"' in inbox and "account closed" in inbox
+    assert f'href="/ops/sellers/{SELLER_A}"' in inbox
 
 
 # -- configuration ------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from receiver.app import create_app
-from tests.factories import paid_refunded_disputed
+from tests.factories import SELLER_A, paid_refunded_disputed, sent_payout
 from tests.fake_hyperswitch import FakeHyperswitch
 from tests.support import (
     OPS_PASSWORD,
@@ -176,3 +176,39 @@ def test_an_order_page_shows_its_payment_partial_refund_and_dispute_in_order(
     page.get_by_role("link", name=str(ids["seller_a"])).first.click()
     expect(page).to_have_url(f"{console}/sellers/{ids['seller_a']}")
     expect(page.get_by_role("heading", name="Balances")).to_be_visible()
+
+
+@pytest.fixture
+def payout(
+    conn: psycopg.Connection[Any], settings: Settings, client: hyperswitch.Client, fake: FakeHyperswitch
+) -> dict[str, Any]:
+    """Seller A's payout, made by the pay-sellers sweep and sent to the PSP."""
+    return sent_payout(conn, settings, client, fake)
+
+
+def test_the_search_box_finds_a_payout_by_its_psp_id_and_its_seller_can_be_held(
+    page: Page, console: str, conn: psycopg.Connection[Any], payout: dict[str, Any], shots: Path
+) -> None:
+    log_in(page, console)
+
+    page.get_by_role("searchbox", name="search by id").fill(payout["hyperswitch_payout_id"])
+    page.keyboard.press("Enter")
+
+    expect(page).to_have_url(f"{console}/payouts/{payout['id']}")
+    expect(page.locator("h1")).to_contain_text(f"Payout {payout['id']}")
+    expect(page.locator("dl.facts")).to_contain_text("8.00 USD")
+    page.get_by_role("link", name=str(SELLER_A)).first.click()
+    expect(page).to_have_url(f"{console}/sellers/{SELLER_A}")
+    expect(page.get_by_role("link", name=str(payout["id"])).first).to_be_visible()
+
+    page.get_by_label("note").fill("chargebacks under review")
+    page.get_by_role("button", name="Hold payouts").click()
+
+    expect(page).to_have_url(f"{console}/sellers/{SELLER_A}")
+    expect(page.locator("dl.facts")).to_contain_text("held since")
+    expect(page.get_by_role("button", name="Release payouts")).to_be_visible()
+    page.screenshot(path=shots / "seller.png", full_page=True)
+    assert row(conn, "SELECT action, note FROM ops_actions") == {
+        "action": "hold",
+        "note": "chargebacks under review",
+    }

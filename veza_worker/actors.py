@@ -29,14 +29,18 @@ RETRY_WITHIN = timedelta(milliseconds=MAX_BACKOFF_MS) + timedelta(minutes=1)
 )
 def process_webhook(log_id: int) -> None:
     """Apply one stored delivery; running it twice changes nothing."""
-    with resources.pool.connection() as conn, automatic_refunds.enqueue_after_commit(conn, _send_refund):
+    with (
+        resources.pool.connection() as conn,
+        automatic_refunds.enqueue_after_commit(conn, send_automatic_refund),
+    ):
         result = webhooks.process(
             conn, log_id, resources.settings, final_attempt=_final_attempt(), retry_within=RETRY_WITHIN
         )
     metrics.webhook_result(result)
 
 
-def _send_refund(refund_id: uuid.UUID) -> None:
+def send_automatic_refund(refund_id: uuid.UUID) -> None:
+    """Enqueue one automatic refund (what `enqueue_after_commit` is given)."""
     send_one_automatic_refund.send(str(refund_id))
 
 

@@ -56,7 +56,8 @@ WITH expected (key, object, account, amount) AS (
     SELECT 'refund:' || id || ':succeeded', 'refund ' || id, 'world', amount
       FROM refunds WHERE status = 'succeeded'
     UNION ALL
-    SELECT 'refund:' || id || ':kept', 'refund ' || id, 'platform:suspense', amount FROM refunds WHERE automatic
+    SELECT 'refund:' || id || ':kept', 'refund ' || id, 'platform:suspense', amount
+      FROM refunds WHERE automatic AND retry_of IS NULL
     UNION ALL
     SELECT 'invoice:' || id || ':paid', 'invoice ' || id, 'world', -amount
       FROM subscription_invoices WHERE status = 'paid' AND amount > 0
@@ -177,18 +178,26 @@ SELECT 'license ' || l.id AS object,
 
 -- suspense --
 -- Money in suspense for over a day has its automatic refund under way (pending) or left to a
--- human (failed); anything else is money we keep for nothing.
-SELECT 'refund ' || coalesce(t.refund_id::text, '(none)') AS object,
-       sum(e.amount) || ' ' || e.currency || ' in platform:suspense since ' || min(t.created_at)
+-- human (failed); anything else is money we keep for nothing. A retry of a failed automatic
+-- refund drains the suspense its first one filled: they are counted together, under the first.
+WITH held AS (
+    SELECT coalesce(r.retry_of, t.refund_id) AS refund_id, e.currency, sum(e.amount) AS amount,
+           min(t.created_at) AS since
+      FROM ledger_transactions t
+      JOIN ledger_entries e ON e.transaction_id = t.id
+      LEFT JOIN refunds r ON r.id = t.refund_id
+     WHERE e.account = 'platform:suspense'
+     GROUP BY 1, 2
+)
+SELECT 'refund ' || coalesce(h.refund_id::text, '(none)') AS object,
+       h.amount || ' ' || h.currency || ' in platform:suspense since ' || h.since
        || ' without a pending or failed automatic refund' AS detail
-  FROM ledger_transactions t
-  JOIN ledger_entries e ON e.transaction_id = t.id
- WHERE e.account = 'platform:suspense'
- GROUP BY t.refund_id, e.currency
-HAVING sum(e.amount) <> 0
-   AND min(t.created_at) < now() - interval '1 day'
+  FROM held h
+ WHERE h.amount <> 0
+   AND h.since < now() - interval '1 day'
    AND NOT EXISTS (SELECT 1 FROM refunds r
-                    WHERE r.id = t.refund_id AND r.automatic AND r.status IN ('pending', 'failed'))
+                    WHERE (r.id = h.refund_id OR r.retry_of = h.refund_id)
+                      AND r.automatic AND r.status IN ('pending', 'failed'))
  LIMIT %(limit)s;
 
 -- unallocated --

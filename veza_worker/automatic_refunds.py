@@ -100,10 +100,15 @@ def open_refund(
         refund_id, currency, amount, order_id=order_id, invoice_id=invoice_id, source=source
     )
     ledger.post(conn, kept)
+    _opened_now(refund_id)
+    return True
+
+
+def _opened_now(refund_id: uuid.UUID) -> None:
+    """Enqueued by the surrounding `enqueue_after_commit` block, if any, once committed."""
     opened = _opened.get()
     if opened is not None:
         opened.append(refund_id)
-    return True
 
 
 @contextmanager
@@ -136,6 +141,77 @@ def _enqueue(enqueue: Callable[[uuid.UUID], Any], refund_id: uuid.UUID) -> None:
         enqueue(refund_id)
     except Exception as exc:  # Redis away: the row is committed, so the sweep sends it
         log.warning("automatic refund %s not enqueued, left for the sweep: %r", refund_id, exc)
+
+
+# -- retrying a failed one -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Failed:
+    """An automatic refund that the PSP refused or failed, and the first one of its order or
+    invoice (whose `kept` posting holds the money in suspense)."""
+
+    id: uuid.UUID
+    status: str
+    automatic: bool
+    amount: int
+    currency: str
+    note: str
+    order_id: uuid.UUID | None
+    invoice_id: uuid.UUID | None
+    first: uuid.UUID
+
+
+def retry(conn: db.Connection, refund_id: uuid.UUID, *, by: str, note: str = "") -> dict[str, Any]:
+    """`veza-worker retry-refund` (and the console's Retry), in the caller's transaction: a new
+    automatic refund of a failed one's amount for the same order or invoice, sent once that
+    transaction commits; the failed one stays as it was and its discrepancy is resolved. The
+    money is in suspense already (the first refund's `kept`): the retry posts nothing until it
+    succeeds, then drains it. Refused for anything but a failed automatic refund, and while
+    another automatic refund of that order or invoice is pending or succeeded."""
+    with conn.cursor(row_factory=class_row(Failed)) as cur:
+        failed = cur.execute(QUERIES["lock_failed"], {"refund_id": refund_id}).fetchone()
+    if failed is None:
+        raise errors.NotFound(f"refund {refund_id} not found")
+    if not failed.automatic or failed.status != "failed":
+        what = f"{failed.status} automatic" if failed.automatic else f"{failed.status}, not automatic,"
+        raise errors.DomainError(
+            f"refund {refund_id} is a {what} refund: only a failed automatic one is retried"
+        )
+    new_id = uuid.uuid4()
+    params = {
+        "id": new_id,
+        "order_id": failed.order_id,
+        "invoice_id": failed.invoice_id,
+        "amount": failed.amount,
+        "currency": failed.currency,
+        "note": failed.note,
+        "hyperswitch_refund_id": hyperswitch.merchant_id("ref", new_id),
+        "retry_of": failed.first,
+    }
+    if conn.execute(QUERIES["insert_retry"], params).fetchone() is None:
+        live = conn.execute(QUERIES["live_automatic_refund"], params).fetchone()
+        held = f"automatic refund {live[0]} is {live[1]}" if live else "another refund is in flight"
+        owner = f"order {failed.order_id}" if failed.order_id else f"invoice {failed.invoice_id}"
+        raise errors.DomainError(f"{owner}: {held}: refund {refund_id} not retried")
+    _opened_now(new_id)
+    discrepancies.resolve_about(
+        conn,
+        discrepancies.Kind.AUTOMATIC_REFUND_FAILED,
+        refund_id=refund_id,
+        by=by,
+        note=f"retried as automatic refund {new_id}" + (f": {note}" if note else ""),
+    )
+    log.warning("automatic refund %s retried as %s by %s: %s", refund_id, new_id, by, note)
+    return {
+        "refund_id": str(new_id),
+        "retry_of": str(refund_id),
+        "order_id": failed.order_id,
+        "invoice_id": failed.invoice_id,
+        "amount": failed.amount,
+        "currency": failed.currency,
+        "status": "pending",
+    }
 
 
 # -- sending ----------------------------------------------------------------------------------------

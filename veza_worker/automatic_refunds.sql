@@ -1,10 +1,14 @@
 -- insert_automatic_refund --
 -- A refund nobody asked for (automatic, requested_by NULL): money we must not keep. An order or
--- an invoice is refunded automatically once, whatever replays.
+-- an invoice is refunded automatically once, whatever replays: a failed one too stays the only one
+-- (a person retries it, `retry-refund`); two at once meet on refunds_one_automatic_per_order /
+-- _per_invoice.
 INSERT INTO refunds (id, order_id, invoice_id, requested_by, amount, currency, reason, note, status,
                      hyperswitch_refund_id, automatic)
-VALUES (%(id)s, %(order_id)s, %(invoice_id)s, NULL, %(amount)s, %(currency)s, 'requested_by_customer',
-        %(note)s, 'pending', %(hyperswitch_refund_id)s, true)
+SELECT %(id)s::uuid, %(order_id)s::uuid, %(invoice_id)s::uuid, NULL, %(amount)s::bigint, %(currency)s::text,
+       'requested_by_customer', %(note)s::text, 'pending', %(hyperswitch_refund_id)s::text, true
+ WHERE NOT EXISTS (SELECT 1 FROM refunds
+                    WHERE automatic AND (order_id = %(order_id)s::uuid OR invoice_id = %(invoice_id)s::uuid))
     ON CONFLICT DO NOTHING
 RETURNING id;
 
@@ -57,3 +61,29 @@ UPDATE refunds
 UPDATE refunds
    SET status = 'failed', failed_at = now(), error_message = %(error_message)s, updated_at = now()
  WHERE id = %(refund_id)s;
+
+-- lock_failed --
+-- A refund to retry, locked: two retries at once take turns. `first`: the automatic refund of its
+-- order or invoice whose `kept` posting holds the money (itself, or the one it retries).
+SELECT id, status, automatic, amount, currency, note, order_id, invoice_id, coalesce(retry_of, id) AS first
+  FROM refunds
+ WHERE id = %(refund_id)s
+   FOR UPDATE;
+
+-- insert_retry --
+-- A new automatic refund beside a failed one; nothing when the order or invoice already has an
+-- automatic refund pending or succeeded (refunds_one_automatic_per_order / _per_invoice).
+INSERT INTO refunds (id, order_id, invoice_id, requested_by, amount, currency, reason, note, status,
+                     hyperswitch_refund_id, automatic, retry_of)
+VALUES (%(id)s, %(order_id)s, %(invoice_id)s, NULL, %(amount)s, %(currency)s, 'requested_by_customer',
+        %(note)s, 'pending', %(hyperswitch_refund_id)s, true, %(retry_of)s)
+    ON CONFLICT DO NOTHING
+RETURNING id;
+
+-- live_automatic_refund --
+-- The automatic refund of an order or invoice that is pending or succeeded, if any.
+SELECT id, status
+  FROM refunds
+ WHERE automatic AND status <> 'failed'
+   AND (order_id = %(order_id)s OR invoice_id = %(invoice_id)s)
+ LIMIT 1;

@@ -16,6 +16,7 @@ import argon2
 import psycopg
 
 from veza_worker import (
+    automatic_refunds,
     db,
     discrepancies,
     disputes,
@@ -187,6 +188,14 @@ def cmd_release_payouts(args: argparse.Namespace, settings: Settings) -> Any:
         return payouts.release(conn, args.seller_id)
 
 
+def cmd_retry_refund(args: argparse.Namespace, settings: Settings) -> Any:
+    from veza_worker import actors  # the broker: the new refund is enqueued once committed
+
+    with db.connect(settings.database_url) as conn:
+        with automatic_refunds.enqueue_after_commit(conn, actors.send_automatic_refund), conn.transaction():
+            return automatic_refunds.retry(conn, args.refund_id, by=args.by, note=args.note or "")
+
+
 def _uuid(value: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
@@ -313,6 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
     held.add_argument("--reason", required=True, type=_reason, help="why (kept, shown in status)")
     released = add("release-payouts", cmd_release_payouts, "lift a seller's payout hold")
     released.add_argument("seller_id", metavar="SELLER_ID", type=_uuid)
+    retried = add(
+        "retry-refund",
+        cmd_retry_refund,
+        "open a new automatic refund of a failed automatic refund's amount for the same order or invoice",
+    )
+    retried.add_argument("refund_id", metavar="REFUND_ID", type=_uuid)
+    retried.add_argument(
+        "--by", metavar="NAME", default="cli", help="who retries it (resolves its discrepancy)"
+    )
+    retried.add_argument("--note", type=_note, help="why (kept in the discrepancy's resolution)")
     return parser
 
 

@@ -151,3 +151,15 @@ def resolve(conn: db.Connection, discrepancy_id: int, *, by: str, note: str) -> 
     if found is None:
         raise errors.NotFound(f"discrepancy {discrepancy_id} not found")
     raise errors.DomainError(f"discrepancy {discrepancy_id} is already resolved")
+
+
+def resolve_about(conn: db.Connection, kind: Kind, *, refund_id: uuid.UUID, by: str, note: str) -> int | None:
+    """Close, in the caller's transaction, the open discrepancy of `kind` about a refund that a
+    person has just acted on; its id, or None when none was open."""
+    row = conn.execute(
+        QUERIES["resolve_about"], {"kind": kind, "refund_id": refund_id, "by": by, "note": note}
+    ).fetchone()
+    if row is None:
+        return None
+    log.info("discrepancy %d (%s) resolved by %s: %s", row[0], kind, by, note)
+    return int(row[0])

@@ -56,3 +56,10 @@ RETURNING id, kind, order_id, invoice_id, refund_id, dispute_id, payout_id, amou
 
 -- discrepancy_exists --
 SELECT resolved_at IS NOT NULL FROM discrepancies WHERE id = %(id)s;
+
+-- resolve_about --
+-- Close the open discrepancy of a kind about one refund, if there is one (discrepancies_one_open).
+UPDATE discrepancies
+   SET resolved_at = now(), resolved_by = %(by)s, resolution = %(note)s
+ WHERE resolved_at IS NULL AND kind = %(kind)s AND refund_id = %(refund_id)s
+RETURNING id;
