@@ -149,15 +149,18 @@ SELECT s.id, s.user_id, s.status, s.trial_ends_at, s.current_period_start, s.cur
        s.cancel_at_period_end, s.canceled_at, s.past_due_since, s.dunning_step,
        s.payment_method_id IS NOT NULL AS has_payment_method, s.created_at, s.updated_at,
        p.id AS plan_id, p.name AS plan_name, p.amount AS plan_amount, p.currency AS plan_currency,
-       p.interval AS plan_interval, p.trial_days AS plan_trial_days
+       p.interval AS plan_interval, p.trial_days AS plan_trial_days,
+       n.id AS pending_plan_id, n.name AS pending_plan_name, n.amount AS pending_plan_amount,
+       n.currency AS pending_plan_currency, n.interval AS pending_plan_interval
   FROM user_subscriptions s
   JOIN subscription_plans p ON p.id = s.plan_id
+  LEFT JOIN subscription_plans n ON n.id = s.pending_plan_id
  WHERE s.id = %(subscription_id)s;
 
 -- subscription_invoices --
 -- Never the client_secret: the console shows no secret.
-SELECT id, amount, currency, status, payment_id, attempt, period_start, period_end, created_at, paid_at,
-       failed_at
+SELECT id, kind, plan_id, amount, currency, status, payment_id, attempt, period_start, period_end,
+       created_at, paid_at, failed_at
   FROM subscription_invoices
  WHERE subscription_id = %(subscription_id)s
  ORDER BY created_at, attempt

@@ -26,7 +26,9 @@ from tests.factories import (
     SELLER_A,
     assert_audit_ok,
     failed_automatic_refund,
+    make_plan,
     paid_refunded_disputed,
+    paid_up,
     sent_payout,
 )
 from tests.fake_hyperswitch import FakeHyperswitch, settle_payout, webhook_body
@@ -50,6 +52,7 @@ from tests.support import (
 )
 from veza_worker import discrepancies, errors, hyperswitch, payouts, sweeps
 from veza_worker.settings import Settings
+from veza_worker.subscriptions import plan_changes
 
 
 class Ops:
@@ -451,6 +454,25 @@ def test_the_other_pages_render(
         "/ops/deliveries/999999",
     ):
         assert ops.get(missing).status_code == 404
+
+
+def test_a_subscription_page_shows_its_plan_its_pending_change_and_what_each_invoice_is_for(
+    ops: Ops,
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+) -> None:
+    basic, pro = make_plan(conn, 500), make_plan(conn, 900)
+    conn.execute("UPDATE subscription_plans SET name = 'Pro' WHERE id = %s", [pro])
+    subscription_id = paid_up(conn, client, fake, settings, pro)
+    assert "pending plan change</dt><dd>none" in ops.get(f"/ops/subscriptions/{subscription_id}").text
+
+    plan_changes.change(conn, client, subscription_id, basic)  # a downgrade: at period end
+
+    page = ops.get(f"/ops/subscriptions/{subscription_id}").text
+    assert f'to plan 500 — 5.00 EUR / month, at period end <span class="id muted">{basic}</span>' in page
+    assert "<td>first</td>" in page
 
 
 # -- actions ------------------------------------------------------------------------------------------
