@@ -16,7 +16,9 @@ from tests.factories import (
     REFUND_WINDOW,
     SELLER,
     assert_audit_ok,
+    make_plan,
     order_status,
+    paid_up,
     payment_of,
     psp_settles,
     stuck_order,
@@ -26,6 +28,7 @@ from tests.fake_hyperswitch import FakeHyperswitch, refund_from_dashboard, settl
 from tests.support import PSP_API_KEY, make_order, process, row, rows, run_cli, store_event
 from veza_worker import hyperswitch, refunds, settle
 from veza_worker.settings import Settings
+from veza_worker.subscriptions import commands
 
 
 def settle_now(psp_settings: Settings, **window: str) -> dict[str, Any]:
@@ -174,16 +177,28 @@ def test_a_payment_cancelled_after_capture_is_reversed_by_settle(
     assert_audit_ok(conn)
 
 
-def test_a_post_capture_cancel_is_fed_to_its_handler_as_a_synthetic_delivery(
-    conn: psycopg.Connection[Any], settings: Settings, psp_settings: Settings, fake: FakeHyperswitch
+def test_a_post_capture_cancel_of_an_invoice_whose_subscription_was_canceled_is_still_reversed(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    settings: Settings,
+    psp_settings: Settings,
+    fake: FakeHyperswitch,
 ) -> None:
-    order_id = three_items(conn, settings, fake)
-    fake_hyperswitch.cancel_after_capture(fake, payment_of(conn, order_id))
+    """The customer canceled, then the PSP sent the paid invoice's money back and its webhook was
+    lost: revenue gives it back, whatever the subscription's status says."""
+    subscription_id = paid_up(conn, client, fake, settings, make_plan(conn, 999))
+    commands.cancel(conn, client, subscription_id, now=True)
+    invoice = row(conn, "SELECT id, payment_id FROM subscription_invoices WHERE status = 'paid'")
+    fake_hyperswitch.cancel_after_capture(fake, invoice["payment_id"])
 
-    settle_now(psp_settings)
+    first = settle_now(psp_settings)
 
-    [(event_type, _result)] = synthetic_results(conn)
-    assert event_type == "payment_cancelled_post_capture"
+    assert synthetic_results(conn) == [("payment_cancelled_post_capture", "ok")]
+    assert first["applied"] == 1 and first["discrepancies"] == {}
+    reversal = row(conn, "SELECT amount, status, invoice_id FROM refunds")
+    assert reversal == {"amount": 999, "status": "succeeded", "invoice_id": invoice["id"]}
+    assert settle_now(psp_settings)["applied"] == 0 and len(synthetic_results(conn)) == 1
+    assert_audit_ok(conn)
 
 
 # -- paging ------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from psycopg.rows import class_row
 from veza_worker import db, discrepancies, errors, hyperswitch, orders, reconcile, webhooks
 from veza_worker.discrepancies import Kind
 from veza_worker.settings import Settings
-from veza_worker.subscriptions import invoices, model
+from veza_worker.subscriptions import invoices
 
 log = logging.getLogger(__name__)
 QUERIES = db.load_queries(__name__)
@@ -72,7 +72,7 @@ class OurPayment:
     status: str | None
     amount: int | None
     currency: str | None
-    subscription_status: str | None
+    cancelled_after_capture: bool  # its post-capture cancel was applied already
     refunded_automatically: bool
 
     @property
@@ -173,8 +173,9 @@ def _cancelled_after_capture(ours: OurPayment) -> Finding:
     if ours.order_id is not None and ours.status in CANCELLABLE_AFTER_CAPTURE:
         return Apply(CANCELLED_POST_CAPTURE)
     if ours.invoice_id is not None and ours.status == invoices.Status.PAID:
-        if ours.subscription_status not in model.ENDED:
-            return Apply(CANCELLED_POST_CAPTURE)
+        # Whatever became of its subscription since (canceled by hand, ended): revenue still holds
+        # the money until the cancel's own refund row says it went back.
+        return None if ours.cancelled_after_capture else Apply(CANCELLED_POST_CAPTURE)
     return None
 
 
