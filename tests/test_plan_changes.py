@@ -218,6 +218,21 @@ def test_without_a_saved_card_the_upgrade_is_on_session_with_its_client_secret(s
     assert_audit_ok(scene.conn)
 
 
+def test_an_upgrade_paid_once_its_period_is_over_is_given_back_and_the_plan_stays(scene: Scene) -> None:
+    """The customer pays the on-session upgrade after the period ended, before the renew sweep
+    cancelled it: it bought nothing, so it is refunded in full and the old plan stays."""
+    scene.conn.execute("UPDATE user_subscriptions SET payment_method_id = NULL")
+    out = scene.change(scene.subscription_id, scene.pro)
+    to_period_end(scene.conn, scene.subscription_id)
+
+    assert scene.webhook(out["payment_id"], "succeeded") == "ok"
+
+    assert scene.sub(scene.subscription_id)["plan_id"] == scene.basic
+    refund = row(scene.conn, "SELECT amount, automatic, invoice_id FROM refunds")
+    assert refund == {"amount": PRORATED, "automatic": True, "invoice_id": uuid.UUID(out["invoice_id"])}
+    assert_audit_ok(scene.conn)
+
+
 def test_the_same_change_twice_in_a_row_is_one_invoice_and_one_payment(scene: Scene) -> None:
     scene.conn.execute("UPDATE user_subscriptions SET payment_method_id = NULL")  # on-session: it waits
     first = scene.change(scene.subscription_id, scene.pro)

@@ -212,8 +212,8 @@ def _abandon_stale_upgrades(
     conn: db.Connection, client: hyperswitch.Client, counts: Counter[str], batch_size: int
 ) -> None:
     """Upgrades still unpaid when their period ended are cancelled at the PSP (if paid after all,
-    the plan switches), so the renewal bills the plan in force; one the PSP cannot cancel now
-    waits, and so does its renewal."""
+    the money goes back automatically and the plan stays), so the renewal bills the plan in force;
+    one the PSP cannot cancel now waits, and so does its renewal."""
     with conn.transaction():
         stale = [r[0] for r in conn.execute(QUERIES["stale_upgrades"], {"limit": batch_size})]
     for invoice_id in stale:

@@ -351,6 +351,10 @@ def settle(
         what = f"a {subscription.status} subscription"
         return _refund_unwanted(conn, invoice, outcome.captured, what, ledger.REVENUE)
     if invoice.kind == Kind.PRORATION:
+        if invoice.period_end is not None and invoice.period_end <= datetime.now(UTC):
+            # Paid once its period was over: it bought nothing, and the renewal bills the plan in force.
+            what = "an upgrade paid after its period ended"
+            return _refund_unwanted(conn, invoice, outcome.captured, what, ledger.REVENUE)
         _upgrade(conn, subscription, invoice, payment)
         return "ok"
     if _already_paid_for(subscription, invoice):
