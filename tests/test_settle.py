@@ -15,7 +15,9 @@ from tests import fake_hyperswitch
 from tests.factories import (
     REFUND_WINDOW,
     SELLER,
+    account,
     assert_audit_ok,
+    failed_automatic_refund,
     make_plan,
     order_status,
     paid_up,
@@ -26,7 +28,7 @@ from tests.factories import (
 )
 from tests.fake_hyperswitch import FakeHyperswitch, refund_from_dashboard, settle_payment, settle_refund
 from tests.support import PSP_API_KEY, make_order, process, row, rows, run_cli, store_event
-from veza_worker import hyperswitch, refunds, settle
+from veza_worker import hyperswitch, ledger, refunds, settle
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import commands
 
@@ -198,6 +200,33 @@ def test_a_post_capture_cancel_of_an_invoice_whose_subscription_was_canceled_is_
     reversal = row(conn, "SELECT amount, status, invoice_id FROM refunds")
     assert reversal == {"amount": 999, "status": "succeeded", "invoice_id": invoice["id"]}
     assert settle_now(psp_settings)["applied"] == 0 and len(synthetic_results(conn)) == 1
+    assert_audit_ok(conn)
+
+
+def test_an_automatic_refund_we_hold_failed_that_the_psp_refunded_is_left_to_a_person_once(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    settings: Settings,
+    psp_settings: Settings,
+    fake: FakeHyperswitch,
+) -> None:
+    """Its money sits in suspense and a retry may have given it back as well: nothing is posted,
+    one discrepancy says so, whether the webhook or settle finds it first, and no run repeats it."""
+    failed = failed_automatic_refund(conn, settings, client, fake)
+    suspense = account(conn, ledger.SUSPENSE)
+    succeeded = settle_refund(fake, failed["hyperswitch_refund_id"], "succeeded")
+
+    late = process(settings, store_event(conn, "refund_succeeded", dict(succeeded)))
+    assert late == "skipped: refund already failed (a discrepancy says so)"
+    assert "refund_succeeded_after_failed" in open_kinds(conn)
+    deliveries = len(rows(conn, "SELECT 1 FROM hyperswitch_webhook_log"))
+
+    run = settle_now(psp_settings)
+
+    assert run["applied"] == 0 and run["discrepancies"] == {}
+    assert len(rows(conn, "SELECT 1 FROM hyperswitch_webhook_log")) == deliveries  # nothing fed again
+    assert account(conn, ledger.SUSPENSE) == suspense
+    assert row(conn, "SELECT status FROM refunds WHERE id = %s", failed["id"])["status"] == "failed"
     assert_audit_ok(conn)
 
 

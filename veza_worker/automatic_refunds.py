@@ -296,6 +296,19 @@ def send_unsent(
 def settle(conn: db.Connection, refund_id: uuid.UUID, status: str, error_message: Any) -> str:
     """Apply the PSP's status to an automatic refund, in the caller's transaction."""
     refund = _lock(conn, refund_id)
+    if refund.status == "failed" and status == "succeeded":
+        discrepancies.open_one(
+            conn,
+            discrepancies.Kind.REFUND_SUCCEEDED_AFTER_FAILED,
+            succeeded_after_failed(refund.amount, refund.currency),
+            refund_id=refund.id,
+            order_id=refund.order_id,
+            invoice_id=refund.invoice_id,
+            amount=refund.amount,
+            currency=refund.currency,
+            once=True,
+        )
+        return "skipped: refund already failed (a discrepancy says so)"
     if refund.status != "pending":
         return f"skipped: refund already {refund.status}"
     if status == "succeeded":
@@ -311,6 +324,16 @@ def settle(conn: db.Connection, refund_id: uuid.UUID, status: str, error_message
         _fail(conn, refund, message, "failed")
         return "ok"
     return f"skipped: refund status {status or 'missing'}"
+
+
+def succeeded_after_failed(amount: int | None, currency: str | None) -> str:
+    """What a person reads when the PSP refunded an automatic refund we hold failed: nothing is
+    posted on its own, since a retry or a dashboard refund may have given the money back as well."""
+    return (
+        f"an automatic refund of {amount} {currency} we hold failed succeeded at the payment"
+        " provider: its money is still in suspense; if no retry or dashboard refund gave it back too,"
+        " post a correction draining suspense, else recover the double refund"
+    )
 
 
 def _lock(conn: db.Connection, refund_id: uuid.UUID) -> Locked:

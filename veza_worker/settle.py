@@ -30,7 +30,7 @@ from typing import Any, cast
 
 from psycopg.rows import class_row
 
-from veza_worker import db, discrepancies, errors, hyperswitch, orders, reconcile, webhooks
+from veza_worker import automatic_refunds, db, discrepancies, errors, hyperswitch, orders, reconcile, webhooks
 from veza_worker.discrepancies import Kind
 from veza_worker.settings import Settings
 from veza_worker.subscriptions import invoices
@@ -99,6 +99,7 @@ class OurRefund:
     currency: str | None
     order_id: uuid.UUID | None
     invoice_id: uuid.UUID | None
+    automatic: bool  # money we gave back on our own (automatic_refunds.py)
 
     @property
     def psp_id(self) -> str:
@@ -196,6 +197,11 @@ def refund_finding(psp: Mapping[str, Any], ours: OurRefund) -> Finding:
     if status in reconcile.REFUND_EVENTS and ours.status == "pending":
         return Apply(reconcile.REFUND_EVENTS[status])
     if status == "succeeded" and ours.status == "failed":
+        if ours.automatic:  # its money sits in suspense, and a retry may have given it back too
+            return Open(
+                Kind.REFUND_SUCCEEDED_AFTER_FAILED,
+                automatic_refunds.succeeded_after_failed(ours.amount, ours.currency),
+            )
         return Apply("refund_succeeded")  # its handler posts it and opens the discrepancy
     if status == "succeeded" and psp.get("amount") != ours.amount:
         return Open(Kind.REFUND_AMOUNT_MISMATCH, _refund_differs(psp, ours))

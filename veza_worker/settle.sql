@@ -29,7 +29,8 @@ SELECT r.refund_id AS psp_refund_id,
        f.amount,
        f.currency,
        coalesce(f.order_id, o.id) AS order_id,
-       coalesce(f.invoice_id, i.id) AS invoice_id
+       coalesce(f.invoice_id, i.id) AS invoice_id,
+       coalesce(f.automatic, false) AS automatic
   FROM unnest(%(ids)s::text[], %(payment_ids)s::text[]) AS r(refund_id, payment_id)
   LEFT JOIN refunds f ON f.hyperswitch_refund_id = r.refund_id
   LEFT JOIN orders o ON f.id IS NULL AND o.payment_id = r.payment_id

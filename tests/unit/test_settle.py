@@ -81,7 +81,7 @@ def test_a_payment_of_another_integration_is_none_of_our_business() -> None:
     assert settle.payment_finding(payment("succeeded", payment_id=theirs.payment_id), theirs) is None
 
 
-def refund(status: str | None, amount: int = 500, *, held: bool = True) -> OurRefund:
+def refund(status: str | None, amount: int = 500, *, held: bool = True, automatic: bool = False) -> OurRefund:
     return OurRefund(
         psp_refund_id="ref_psp",
         refund_id=uuid.uuid4() if status else None,
@@ -90,6 +90,7 @@ def refund(status: str | None, amount: int = 500, *, held: bool = True) -> OurRe
         currency="USD" if status else None,
         order_id=uuid.uuid4() if held else None,
         invoice_id=None,
+        automatic=automatic,
     )
 
 
@@ -113,6 +114,12 @@ def psp_refund(status: str, amount: int = 500, payment_id: str = OURS) -> dict[s
         (psp_refund("failed"), refund("pending"), Apply("refund_failed")),
         (psp_refund("succeeded", 400), refund("pending"), Apply("refund_succeeded")),  # its handler opens
         (psp_refund("succeeded"), refund("failed"), Apply("refund_succeeded")),
+        # an automatic one's money sits in suspense and a retry may have given it back too: a person
+        (
+            psp_refund("succeeded"),
+            refund("failed", automatic=True),
+            Open(Kind.REFUND_SUCCEEDED_AFTER_FAILED, ""),
+        ),
         (psp_refund("succeeded"), refund("succeeded"), None),
         (psp_refund("failed"), refund("failed"), None),
         (psp_refund("succeeded"), refund(None, held=False), Open(Kind.PAYMENT_UNKNOWN, "", OURS)),
