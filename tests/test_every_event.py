@@ -393,3 +393,21 @@ def test_a_dashboard_refund_adopted_after_a_post_capture_cancel_returns_no_more_
     assert open_discrepancies(conn) == ["refund_unmatched"]
     assert row(conn, "SELECT status FROM user_subscriptions")["status"] == "canceled"
     assert_audit_ok(conn)
+
+
+def test_a_payment_cancelled_after_capture_of_a_failed_invoice_paid_late_drains_suspense(
+    conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, settings: Settings
+) -> None:
+    failed = failed_automatic_refund(conn, settings, client, fake, invoice=True)
+
+    cancelled = cancel_after_capture(fake, failed["payment_id"])
+    assert process(settings, store_event(conn, "payment_cancelled_post_capture", cancelled)) == "ok"
+
+    assert (account(conn, ledger.REVENUE), account(conn, ledger.SUSPENSE)) == (0, 0)
+    assert open_discrepancies(conn) == []
+    assert delivered_twice_more(conn, settings, "payment_cancelled_post_capture", cancelled) == [
+        "skipped: nothing left to reverse",
+        "skipped: nothing left to reverse",
+    ]
+    assert account(conn, ledger.SUSPENSE) == 0
+    assert_audit_ok(conn)

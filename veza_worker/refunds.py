@@ -11,9 +11,10 @@
    `refunded_amount` raised; order `refunded` when no item is left, else `completed`; one
    transaction. failed → refund failed, order `completed`, its items free to ask again. A terminal
    refund ignores the rest. A refund made at the PSP (dashboard, API) is adopted (`adopt`), for an
-   order or a subscription invoice's payment (revenue gives it back; paid back in full, the
-   subscription is canceled). A payment cancelled after capture is a full refund of what is left
-   (`cancel_after_capture`, `cancel_invoice_after_capture`).
+   order or a subscription invoice's payment (revenue gives it back, or suspense when the invoice's
+   money was kept for nothing; never more than is left of the invoice; the invoice that paid for
+   the subscription, paid back in full, cancels it). A payment cancelled after capture is a full
+   refund of what is left (`cancel_after_capture`, `cancel_invoice_after_capture`).
 
 Every writer locks the order first, then the refund.
 """
