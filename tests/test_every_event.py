@@ -18,6 +18,7 @@ from tests.factories import (
     SELLER_B,
     account,
     assert_audit_ok,
+    failed_automatic_refund,
     make_plan,
     paid_up,
     payment_of,
@@ -26,11 +27,17 @@ from tests.factories import (
     three_items,
     to_period_end,
 )
-from tests.fake_hyperswitch import FakeHyperswitch, cancel_after_capture, refund_from_dashboard
+from tests.fake_hyperswitch import (
+    FakeHyperswitch,
+    cancel_after_capture,
+    refund_from_dashboard,
+    settle_payment,
+    settle_refund,
+)
 from tests.support import PSP_API_KEY, make_order, process, row, rows, store_event
-from veza_worker import hyperswitch, ledger, refunds
+from veza_worker import automatic_refunds, hyperswitch, ledger, refunds
 from veza_worker.settings import Settings
-from veza_worker.subscriptions import billing, commands
+from veza_worker.subscriptions import billing, commands, invoices, model
 
 INFORMATIONAL = [
     "payment_processing",
@@ -271,4 +278,136 @@ def test_dashboard_refunds_of_an_invoice_payment_are_adopted_and_in_full_cancel_
         "skipped: refund already succeeded",
     ]
     assert account(conn, ledger.REVENUE) == 0
+    assert_audit_ok(conn)
+
+
+# -- refunds made at the PSP of an invoice's money held in suspense, and over-returns -----------------
+
+
+def paid_twice(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+    paid_invoice: dict[str, Any],
+) -> dict[str, Any]:
+    """A second invoice paid for the period the first one paid for: its money revenue → suspense,
+    its automatic refund failed at the PSP. Its id, payment_id and the automatic refund's id."""
+    subscription_id = row(conn, "SELECT subscription_id FROM subscription_invoices")["subscription_id"]
+    subscription = model.lock(conn, subscription_id)
+    assert subscription is not None
+    again = invoices.new(conn, subscription, subscription.current_period_start, off_session=True)
+    assert again is not None
+    conn.commit()
+    fake.payments[again.payment_id] = {"payment_id": again.payment_id, "amount": 999, "currency": "EUR"}
+    fake.payments[again.payment_id].update(status="succeeded", client_secret="cs", metadata={})
+    settle_payment(fake, again.payment_id, "succeeded")
+    paid = {"payment_id": again.payment_id, "status": "succeeded", "amount": 999, "currency": "EUR"}
+    assert process(settings, store_event(conn, "payment_succeeded", paid)) == "ok"
+    assert automatic_refunds.send_unsent(conn, client)["sent"] == 1
+    automatic = row(conn, "SELECT id, hyperswitch_refund_id FROM refunds WHERE automatic")
+    failed = settle_refund(fake, automatic["hyperswitch_refund_id"], "failed", "card closed")
+    assert process(settings, store_event(conn, "refund_failed", dict(failed))) == "ok"
+    assert (account(conn, ledger.REVENUE), account(conn, ledger.SUSPENSE)) == (999, 999)
+    return {"id": again.id, "payment_id": again.payment_id, "automatic": automatic["id"]}
+
+
+def open_discrepancies(conn: psycopg.Connection[Any]) -> list[str]:
+    return [r["kind"] for r in rows(conn, "SELECT kind FROM discrepancies WHERE resolved_at IS NULL")]
+
+
+def test_a_dashboard_refund_of_an_invoice_paid_twice_drains_suspense_and_the_subscription_goes_on(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+    paid_invoice: dict[str, Any],
+) -> None:
+    twice = paid_twice(conn, client, fake, settings, paid_invoice)
+    assert open_discrepancies(conn) == ["automatic_refund_failed"]
+
+    part = refund_from_dashboard(fake, twice["payment_id"], 400, "succeeded")
+    assert process(settings, store_event(conn, "refund_succeeded", part)) == "ok"
+    assert (account(conn, ledger.REVENUE), account(conn, ledger.SUSPENSE)) == (999, 599)
+    assert open_discrepancies(conn) == ["automatic_refund_failed"]  # not all given back yet
+    assert_audit_ok(conn)
+
+    rest = refund_from_dashboard(fake, twice["payment_id"], 599, "succeeded")
+    assert process(settings, store_event(conn, "refund_succeeded", rest)) == "ok"
+
+    assert (account(conn, ledger.REVENUE), account(conn, ledger.SUSPENSE)) == (999, 0)
+    assert row(conn, "SELECT status FROM user_subscriptions")["status"] == "active"  # invoice A paid for it
+    assert open_discrepancies(conn) == []  # the dashboard gave back what the automatic refund could not
+    assert delivered_twice_more(conn, settings, "refund_succeeded", rest) == [
+        "skipped: refund already succeeded",
+        "skipped: refund already succeeded",
+    ]
+    assert account(conn, ledger.SUSPENSE) == 0
+    assert_audit_ok(conn)
+
+
+def test_a_payment_cancelled_after_capture_of_an_invoice_paid_twice_drains_suspense(
+    conn: psycopg.Connection[Any],
+    client: hyperswitch.Client,
+    fake: FakeHyperswitch,
+    settings: Settings,
+    paid_invoice: dict[str, Any],
+) -> None:
+    twice = paid_twice(conn, client, fake, settings, paid_invoice)
+
+    cancelled = cancel_after_capture(fake, twice["payment_id"])
+    assert process(settings, store_event(conn, "payment_cancelled_post_capture", cancelled)) == "ok"
+
+    assert (account(conn, ledger.REVENUE), account(conn, ledger.SUSPENSE)) == (999, 0)
+    assert row(conn, "SELECT status FROM user_subscriptions")["status"] == "active"
+    assert open_discrepancies(conn) == []
+    assert_audit_ok(conn)
+
+
+def test_a_dashboard_refund_of_a_failed_invoice_paid_late_drains_suspense_not_revenue(
+    conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, settings: Settings
+) -> None:
+    failed = failed_automatic_refund(conn, settings, client, fake, invoice=True)
+
+    back = refund_from_dashboard(fake, failed["payment_id"], failed["amount"], "succeeded")
+    assert process(settings, store_event(conn, "refund_succeeded", back)) == "ok"
+
+    assert (account(conn, ledger.REVENUE), account(conn, ledger.SUSPENSE)) == (0, 0)
+    assert account(conn, ledger.UNALLOCATED) == 0
+    assert open_discrepancies(conn) == []
+    assert_audit_ok(conn)
+
+
+def test_a_dashboard_refund_adopted_after_a_post_capture_cancel_returns_no_more_than_the_invoice(
+    conn: psycopg.Connection[Any], fake: FakeHyperswitch, settings: Settings, paid_invoice: dict[str, Any]
+) -> None:
+    part = refund_from_dashboard(fake, paid_invoice["payment_id"], 300, "succeeded")
+    cancelled = cancel_after_capture(fake, paid_invoice["payment_id"])  # the other 699, its event first
+    assert process(settings, store_event(conn, "payment_cancelled_post_capture", cancelled)) == "ok"
+    assert account(conn, ledger.REVENUE) == 0
+
+    assert process(settings, store_event(conn, "refund_succeeded", part)) == "ok"
+
+    assert account(conn, ledger.REVENUE) == 0  # never below what the invoice brought in
+    assert account(conn, ledger.UNALLOCATED) == -300
+    assert open_discrepancies(conn) == ["refund_unmatched"]
+    assert row(conn, "SELECT status FROM user_subscriptions")["status"] == "canceled"
+    assert_audit_ok(conn)
+
+
+def test_a_payment_cancelled_after_capture_of_a_failed_invoice_paid_late_drains_suspense(
+    conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, settings: Settings
+) -> None:
+    failed = failed_automatic_refund(conn, settings, client, fake, invoice=True)
+
+    cancelled = cancel_after_capture(fake, failed["payment_id"])
+    assert process(settings, store_event(conn, "payment_cancelled_post_capture", cancelled)) == "ok"
+
+    assert (account(conn, ledger.REVENUE), account(conn, ledger.SUSPENSE)) == (0, 0)
+    assert open_discrepancies(conn) == []
+    assert delivered_twice_more(conn, settings, "payment_cancelled_post_capture", cancelled) == [
+        "skipped: nothing left to reverse",
+        "skipped: nothing left to reverse",
+    ]
+    assert account(conn, ledger.SUSPENSE) == 0
     assert_audit_ok(conn)

@@ -179,9 +179,17 @@ SELECT 'license ' || l.id AS object,
 -- suspense --
 -- Money in suspense for over a day has its automatic refund under way (pending) or left to a
 -- human (failed); anything else is money we keep for nothing. A retry of a failed automatic
--- refund drains the suspense its first one filled: they are counted together, under the first.
+-- refund drains the suspense its first one filled, and so does a refund made at the PSP (or a
+-- post-capture cancel) of that invoice's payment: they are counted together, under the first.
 WITH held AS (
-    SELECT coalesce(r.retry_of, t.refund_id) AS refund_id, e.currency, sum(e.amount) AS amount,
+    SELECT coalesce(r.retry_of,
+                    CASE WHEN NOT r.automatic AND r.invoice_id IS NOT NULL THEN
+                        (SELECT a.id FROM refunds a
+                          WHERE a.invoice_id = r.invoice_id AND a.automatic AND a.retry_of IS NULL
+                          ORDER BY a.created_at LIMIT 1)
+                    END,
+                    t.refund_id) AS refund_id,
+           e.currency, sum(e.amount) AS amount,
            min(t.created_at) AS since
       FROM ledger_transactions t
       JOIN ledger_entries e ON e.transaction_id = t.id

@@ -237,6 +237,32 @@ def refund_succeeded(
     )
 
 
+def invoice_refund_succeeded(
+    refund_id: uuid.UUID,
+    currency: str,
+    amount: int,
+    *,
+    invoice_id: uuid.UUID,
+    from_suspense: int,
+    from_revenue: int,
+) -> Posting:
+    """world +amount for a refund of an invoice's payment: from platform:suspense what the invoice
+    holds there (money kept for nothing), from revenue what it paid; more than the invoice has
+    left, from unallocated (a discrepancy says why)."""
+    entries = {WORLD: amount}
+    sum_into(entries, SUSPENSE, -from_suspense)
+    sum_into(entries, REVENUE, -from_revenue)
+    sum_into(entries, UNALLOCATED, from_suspense + from_revenue - amount)
+    return Posting(
+        f"refund:{refund_id}:succeeded",
+        Kind.REFUND,
+        currency,
+        entries,
+        invoice_id=invoice_id,
+        refund_id=refund_id,
+    )
+
+
 def _paid_out(amount: int, from_sellers: Mapping[str, int], invoice_id: uuid.UUID | None) -> dict[str, int]:
     """`amount` leaves for the world: from the sellers' accounts given, the rest from revenue (an
     invoice's money) or unallocated (an order's money no items cover)."""

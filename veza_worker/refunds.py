@@ -11,9 +11,10 @@
    `refunded_amount` raised; order `refunded` when no item is left, else `completed`; one
    transaction. failed → refund failed, order `completed`, its items free to ask again. A terminal
    refund ignores the rest. A refund made at the PSP (dashboard, API) is adopted (`adopt`), for an
-   order or a subscription invoice's payment (revenue gives it back; paid back in full, the
-   subscription is canceled). A payment cancelled after capture is a full refund of what is left
-   (`cancel_after_capture`, `cancel_invoice_after_capture`).
+   order or a subscription invoice's payment (revenue gives it back, or suspense when the invoice's
+   money was kept for nothing; never more than is left of the invoice; the invoice that paid for
+   the subscription, paid back in full, cancels it). A payment cancelled after capture is a full
+   refund of what is left (`cancel_after_capture`, `cancel_invoice_after_capture`).
 
 Every writer locks the order first, then the refund.
 """
@@ -411,14 +412,16 @@ def cancel_after_capture(conn: db.Connection, order: orders.Order, event: Event)
 def cancel_invoice_after_capture(
     conn: db.Connection, invoice_id: uuid.UUID, event: Event, settings: Settings
 ) -> str:
-    """payment_cancelled_post_capture for an invoice: a pending one simply failed; a paid one gives
-    back what no refund did yet (revenue reversed) and its subscription is `canceled`."""
+    """payment_cancelled_post_capture for an invoice: a pending one simply failed; one the PSP holds
+    money of (paid, or kept for nothing in suspense) gives back what no refund did or may yet do,
+    like a refund made at the PSP (`_succeed_for_invoice`)."""
     subscription, invoice = invoices.lock_pair(conn, invoice_id)
     if invoice.status == invoices.Status.PENDING:
         return invoices.settle(conn, subscription, invoice, event.data, event.event_type)
-    if invoice.status != invoices.Status.PAID:
+    money = _invoice_money(conn, invoice.id)
+    if invoice.status != invoices.Status.PAID and not money.kept:
         return f"skipped: invoice already {invoice.status}"
-    left = invoice.amount - _invoice_refunded(conn, invoice.id)[1]
+    left = money.captured - _invoice_refunded(conn, invoice.id)[1]
     if left <= 0:
         return "skipped: nothing left to reverse"
     psp_id = f"{invoice.payment_id}:{CANCELLED_POST_CAPTURE}"
@@ -436,8 +439,7 @@ def cancel_invoice_after_capture(
 def _adopt_for_invoice(
     conn: db.Connection, invoice_id: uuid.UUID, psp_id: str, event: Event, settings: Settings
 ) -> str:
-    """A refund made at the PSP of an invoice's payment: revenue gives it back; paid back in full,
-    the subscription is `canceled`."""
+    """A refund made at the PSP of an invoice's payment: posted by `_succeed_for_invoice`."""
     subscription, invoice = invoices.lock_pair(conn, invoice_id)
     adopted = _adopted(conn, psp_id, event, invoice.currency, {"invoice_id": invoice.id})
     if isinstance(adopted, str):
@@ -477,17 +479,72 @@ def _succeed_for_invoice(
     amount: int,
     settings: Settings,
 ) -> str:
-    """The refund succeeded: platform:revenue gives it back to the world; once the invoice is paid
-    back in full, its subscription is canceled (a pending invoice's payment cancelled too)."""
+    """The refund succeeded, giving back at most what is left of the invoice's money (what the PSP
+    captured less the refunds that succeeded, a post-capture cancel's included): from
+    platform:suspense what the invoice holds there (its automatic refund failed: a person paid it
+    back in the dashboard; once suspense is drained, the failed automatic refund's discrepancy is
+    resolved), else from revenue. More than is left is paid from platform:unallocated with a
+    discrepancy. Only the invoice that paid for the subscription (paid, nothing kept in suspense),
+    once paid back in full, cancels the subscription."""
+    money = _invoice_money(conn, invoice.id)
+    left = max(money.captured - _invoice_refunded(conn, invoice.id)[0], 0)  # this refund not yet succeeded
     conn.execute(QUERIES["succeed_refund"], {"refund_id": refund_id})
-    posting = ledger.refund_succeeded(
-        refund_id, invoice.currency, amount, from_sellers={}, invoice_id=invoice.id
+    covered = min(amount, left)
+    from_suspense = min(covered, max(money.suspense, 0))
+    posting = ledger.invoice_refund_succeeded(
+        refund_id,
+        invoice.currency,
+        amount,
+        invoice_id=invoice.id,
+        from_suspense=from_suspense,
+        from_revenue=covered - from_suspense,
     )
-    ledger.post(conn, posting)
+    if ledger.post(conn, posting) and amount > covered:
+        discrepancies.open_one(
+            conn,
+            discrepancies.Kind.REFUND_UNMATCHED,
+            f"refund {refund_id} of {amount} {invoice.currency} for invoice {invoice.id} gives back"
+            f" {amount - covered} more than was left of it: paid from platform:unallocated",
+            invoice_id=invoice.id,
+            refund_id=refund_id,
+            amount=amount - covered,
+            currency=invoice.currency,
+        )
+    if from_suspense and from_suspense >= money.suspense:
+        _resolve_failed_automatic_refunds(conn, invoice, refund_id)
     succeeded, _ = _invoice_refunded(conn, invoice.id)
-    if succeeded >= invoice.amount:
+    if invoice.status == invoices.Status.PAID and not money.kept and succeeded >= invoice.amount:
         commands.cancel_from_event(conn, subscription, settings, f"invoice {invoice.id} paid back in full")
     return "ok"
+
+
+@dataclass(frozen=True)
+class _InvoiceMoney:
+    captured: int  # what the PSP took for the invoice
+    suspense: int  # what of it platform:suspense holds
+    kept: bool  # it has an automatic refund: its money was kept for nothing, not for the subscription
+
+
+def _invoice_money(conn: db.Connection, invoice_id: uuid.UUID) -> _InvoiceMoney:
+    row = conn.execute(QUERIES["invoice_money"], {"invoice_id": invoice_id}).fetchone()
+    assert row is not None  # the invoice is locked by the caller
+    return _InvoiceMoney(int(row[0]), int(row[1]), bool(row[2]))
+
+
+def _resolve_failed_automatic_refunds(
+    conn: db.Connection, invoice: invoices.Invoice, refund_id: uuid.UUID
+) -> None:
+    """The suspense the failed automatic refunds left is drained: a person gave the money back."""
+    for (failed_id,) in conn.execute(
+        QUERIES["failed_automatic_refunds_of_invoice"], {"invoice_id": invoice.id}
+    ).fetchall():
+        discrepancies.resolve_about(
+            conn,
+            discrepancies.Kind.AUTOMATIC_REFUND_FAILED,
+            refund_id=failed_id,
+            by=discrepancies.RESOLVED_BY_WORKER,
+            note=f"given back at the payment provider by refund {refund_id}",
+        )
 
 
 def _invoice_refunded(conn: db.Connection, invoice_id: uuid.UUID) -> tuple[int, int]:

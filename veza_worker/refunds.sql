@@ -106,6 +106,25 @@ SELECT coalesce(sum(amount) FILTER (WHERE status = 'succeeded'), 0),
   FROM refunds
  WHERE invoice_id = %(invoice_id)s;
 
+-- invoice_money --
+-- What the PSP captured for an invoice (its first automatic refund's amount when it has one: money
+-- kept for nothing; else its amount when paid), what of it platform:suspense holds, and whether it
+-- has an automatic refund.
+SELECT coalesce(a.amount, CASE WHEN i.status = 'paid' THEN i.amount ELSE 0 END),
+       coalesce((SELECT sum(e.amount)
+                   FROM ledger_transactions t
+                   JOIN ledger_entries e ON e.transaction_id = t.id
+                  WHERE t.invoice_id = i.id AND e.account = 'platform:suspense'), 0),
+       a.id IS NOT NULL
+  FROM subscription_invoices i
+  LEFT JOIN LATERAL (SELECT id, amount FROM refunds
+                      WHERE invoice_id = i.id AND automatic AND retry_of IS NULL
+                      ORDER BY created_at LIMIT 1) a ON true
+ WHERE i.id = %(invoice_id)s;
+
+-- failed_automatic_refunds_of_invoice --
+SELECT id FROM refunds WHERE invoice_id = %(invoice_id)s AND automatic AND status = 'failed';
+
 -- refund_item_ids --
 SELECT order_item_id FROM refund_items WHERE refund_id = %(refund_id)s;
 
