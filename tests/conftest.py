@@ -19,7 +19,7 @@ import pytest
 from receiver.app import create_app
 from tests import factories
 from tests.fake_hyperswitch import FakeHyperswitch, create_fake
-from tests.support import OLD_SECRET, PSP_API_KEY, SECRET, TEST_REDIS_URL, ServerThread, admin, url_for
+from tests.support import OLD_SECRET, PSP_API_KEY, SECRET, TEST_REDIS_URL, ServerThread, admin, row, url_for
 from veza_worker import db, hyperswitch, reconcile
 from veza_worker.broker import broker as global_broker
 from veza_worker.settings import Settings
@@ -138,6 +138,15 @@ def tick(conn: psycopg.Connection[Any], client: hyperswitch.Client, psp_settings
         return reconcile.tick(conn, client, replace(psp_settings, **overrides))
 
     return run
+
+
+@pytest.fixture
+def paid_invoice(
+    conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, settings: Settings
+) -> dict[str, Any]:
+    """An active subscription's first invoice, paid (9.99 EUR): its id and payment_id."""
+    factories.paid_up(conn, client, fake, settings, factories.make_plan(conn, 999))
+    return row(conn, "SELECT id, payment_id FROM subscription_invoices WHERE status = 'paid'")
 
 
 @pytest.fixture

@@ -57,15 +57,6 @@ def delivered_twice_more(
 
 
 @pytest.fixture
-def paid_invoice(
-    conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, settings: Settings
-) -> dict[str, Any]:
-    """An active subscription's first invoice, paid (9.99 EUR): its id and payment_id."""
-    paid_up(conn, client, fake, settings, make_plan(conn, 999))
-    return row(conn, "SELECT id, payment_id FROM subscription_invoices WHERE status = 'paid'")
-
-
-@pytest.fixture
 def renewal_in_flight(
     conn: psycopg.Connection[Any], client: hyperswitch.Client, fake: FakeHyperswitch, psp_settings: Settings
 ) -> dict[str, Any]:
@@ -284,7 +275,8 @@ def test_dashboard_refunds_of_an_invoice_payment_are_adopted_and_in_full_cancel_
 # -- refunds made at the PSP of an invoice's money held in suspense, and over-returns -----------------
 
 
-def paid_twice(
+@pytest.fixture
+def twice(
     conn: psycopg.Connection[Any],
     client: hyperswitch.Client,
     fake: FakeHyperswitch,
@@ -318,12 +310,10 @@ def open_discrepancies(conn: psycopg.Connection[Any]) -> list[str]:
 
 def test_a_dashboard_refund_of_an_invoice_paid_twice_drains_suspense_and_the_subscription_goes_on(
     conn: psycopg.Connection[Any],
-    client: hyperswitch.Client,
     fake: FakeHyperswitch,
     settings: Settings,
-    paid_invoice: dict[str, Any],
+    twice: dict[str, Any],
 ) -> None:
-    twice = paid_twice(conn, client, fake, settings, paid_invoice)
     assert open_discrepancies(conn) == ["automatic_refund_failed"]
 
     part = refund_from_dashboard(fake, twice["payment_id"], 400, "succeeded")
@@ -348,13 +338,10 @@ def test_a_dashboard_refund_of_an_invoice_paid_twice_drains_suspense_and_the_sub
 
 def test_a_payment_cancelled_after_capture_of_an_invoice_paid_twice_drains_suspense(
     conn: psycopg.Connection[Any],
-    client: hyperswitch.Client,
     fake: FakeHyperswitch,
     settings: Settings,
-    paid_invoice: dict[str, Any],
+    twice: dict[str, Any],
 ) -> None:
-    twice = paid_twice(conn, client, fake, settings, paid_invoice)
-
     cancelled = cancel_after_capture(fake, twice["payment_id"])
     assert process(settings, store_event(conn, "payment_cancelled_post_capture", cancelled)) == "ok"
 

@@ -18,9 +18,7 @@ from tests.factories import (
     account,
     assert_audit_ok,
     failed_automatic_refund,
-    make_plan,
     order_status,
-    paid_up,
     payment_of,
     psp_settles,
     stuck_order,
@@ -180,17 +178,13 @@ def test_a_payment_cancelled_after_capture_is_reversed_by_settle(
 
 
 def test_a_post_capture_cancel_of_an_invoice_whose_subscription_was_canceled_is_still_reversed(
-    conn: psycopg.Connection[Any],
-    client: hyperswitch.Client,
-    settings: Settings,
-    psp_settings: Settings,
-    fake: FakeHyperswitch,
+    conn: psycopg.Connection[Any], fake: FakeHyperswitch, psp_settings: Settings, paid_invoice: dict[str, Any]
 ) -> None:
     """The customer canceled, then the PSP sent the paid invoice's money back and its webhook was
     lost: revenue gives it back, whatever the subscription's status says."""
-    subscription_id = paid_up(conn, client, fake, settings, make_plan(conn, 999))
-    commands.cancel(conn, client, subscription_id, now=True)
-    invoice = row(conn, "SELECT id, payment_id FROM subscription_invoices WHERE status = 'paid'")
+    invoice = paid_invoice
+    subscription_id = row(conn, "SELECT subscription_id FROM subscription_invoices")["subscription_id"]
+    commands.cancel(conn, None, subscription_id, now=True)  # nothing pending: no PSP call
     fake_hyperswitch.cancel_after_capture(fake, invoice["payment_id"])
 
     first = settle_now(psp_settings)
