@@ -183,7 +183,7 @@ def payment_kept(
     """A payment captured for nothing, held in suspense until its automatic refund succeeds: from
     `world`, or from revenue when its invoice was counted paid first."""
     entries = {source: -amount, SUSPENSE: amount}
-    return _automatic(refund_id, "kept", Kind.PAYMENT_KEPT, currency, entries, order_id, invoice_id)
+    return _of_refund(refund_id, "kept", Kind.PAYMENT_KEPT, currency, entries, order_id, invoice_id)
 
 
 def automatic_refund_succeeded(
@@ -196,10 +196,10 @@ def automatic_refund_succeeded(
 ) -> Posting:
     """The suspense drains: the money went back."""
     entries = {SUSPENSE: -amount, WORLD: amount}
-    return _automatic(refund_id, "succeeded", Kind.AUTOMATIC_REFUND, currency, entries, order_id, invoice_id)
+    return _of_refund(refund_id, "succeeded", Kind.AUTOMATIC_REFUND, currency, entries, order_id, invoice_id)
 
 
-def _automatic(
+def _of_refund(
     refund_id: uuid.UUID,
     step: str,
     kind: Kind,
@@ -208,6 +208,7 @@ def _automatic(
     order_id: uuid.UUID | None,
     invoice_id: uuid.UUID | None,
 ) -> Posting:
+    """A step of one refund's money (`kept`, `succeeded`), keyed once per refund and step."""
     key = f"refund:{refund_id}:{step}"
     return Posting(
         key, kind, currency, entries, order_id=order_id, invoice_id=invoice_id, refund_id=refund_id
@@ -226,15 +227,7 @@ def refund_succeeded(
     """world +amount, paid by the sellers' accounts given (item amounts, by account); for an
     invoice by revenue; what neither covers, by unallocated."""
     entries = _paid_out(amount, from_sellers, invoice_id)
-    return Posting(
-        f"refund:{refund_id}:succeeded",
-        Kind.REFUND,
-        currency,
-        entries,
-        order_id=order_id,
-        invoice_id=invoice_id,
-        refund_id=refund_id,
-    )
+    return _of_refund(refund_id, "succeeded", Kind.REFUND, currency, entries, order_id, invoice_id)
 
 
 def invoice_refund_succeeded(
@@ -253,14 +246,7 @@ def invoice_refund_succeeded(
     sum_into(entries, SUSPENSE, -from_suspense)
     sum_into(entries, REVENUE, -from_revenue)
     sum_into(entries, UNALLOCATED, from_suspense + from_revenue - amount)
-    return Posting(
-        f"refund:{refund_id}:succeeded",
-        Kind.REFUND,
-        currency,
-        entries,
-        invoice_id=invoice_id,
-        refund_id=refund_id,
-    )
+    return _of_refund(refund_id, "succeeded", Kind.REFUND, currency, entries, None, invoice_id)
 
 
 def _paid_out(amount: int, from_sellers: Mapping[str, int], invoice_id: uuid.UUID | None) -> dict[str, int]:
