@@ -1,41 +1,11 @@
 -- post --
--- One movement, in one statement: the transaction under its idempotency key (a second post of the
--- same key writes nothing), its entries, and the sellers' read model grown by them, locked in
--- (seller_id, currency) order, the one order every balance writer keeps. Postgres checks at
--- commit that the entries balance (ledger_check_balanced).
-WITH tx AS (
-    INSERT INTO ledger_transactions (key, kind, order_id, refund_id, dispute_id, invoice_id, payout_id,
-                                     log_id, corrects)
-    VALUES (%(key)s, %(kind)s, %(order_id)s, %(refund_id)s, %(dispute_id)s, %(invoice_id)s, %(payout_id)s,
-            %(log_id)s, %(corrects)s)
-        ON CONFLICT (key) DO NOTHING
- RETURNING id
-), legs AS (
-    INSERT INTO ledger_entries (transaction_id, account, currency, amount)
-    SELECT tx.id, e.account, %(currency)s, e.amount
-      FROM tx, unnest(%(accounts)b::text[], %(amounts)b::bigint[]) AS e (account, amount)
- RETURNING account, amount
-), sellers AS (
-    SELECT split_part(account, ':', 2)::uuid AS seller_id,
-           coalesce(sum(amount) FILTER (WHERE account LIKE '%%:held'), 0) AS held,
-           coalesce(sum(amount) FILTER (WHERE account LIKE '%%:available'), 0) AS available,
-           coalesce(sum(amount) FILTER (WHERE account LIKE '%%:in_transit'), 0) AS in_transit
-      FROM legs
-     WHERE account LIKE 'seller:%%'
-     GROUP BY 1
-), balances AS (
-    INSERT INTO seller_balances AS b (seller_id, currency, held, available, in_transit)
-    SELECT seller_id, %(currency)s, held, available, in_transit
-      FROM sellers
-     ORDER BY seller_id
-        ON CONFLICT (seller_id, currency) DO UPDATE
-       SET held = b.held + excluded.held,
-           available = b.available + excluded.available,
-           in_transit = b.in_transit + excluded.in_transit,
-           updated_at = now()
- RETURNING 1
-)
-SELECT (SELECT count(*) FROM tx) AS posted, (SELECT count(*) FROM balances) AS sellers;
+-- One movement: ledger_post (migrations/0020_ledger_post.sql) writes the transaction under its
+-- idempotency key, its entries and the sellers' read model, and returns false when the key was
+-- posted before. A database function so that its statements are planned once per connection, not
+-- once per posting. Postgres checks at commit that the entries balance (ledger_check_balanced).
+SELECT ledger_post(%(key)s::text, %(kind)s::text, %(currency)s::text, %(order_id)s::uuid,
+                   %(refund_id)s::uuid, %(dispute_id)s::text, %(invoice_id)s::uuid, %(payout_id)s::uuid,
+                   %(log_id)s::bigint, %(corrects)s::text, %(accounts)b::text[], %(amounts)b::bigint[]) AS posted;
 
 -- entries_of --
 -- The entries of one movement, by its key: what its exact reverse gives back.
