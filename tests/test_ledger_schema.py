@@ -89,6 +89,45 @@ def test_post_writes_once_per_key_and_keeps_the_read_model(conn: psycopg.Connect
         ledger.Posting("k", ledger.Kind.CORRECTION, "EUR", {ledger.WORLD: 1})
 
 
+def call_ledger_post(
+    conn: psycopg.Connection[Any], key: str, accounts: list[str], amounts: list[int]
+) -> bool:
+    """ledger_post called by hand, as anyone with SQL could."""
+    found: bool = row(
+        conn,
+        "SELECT ledger_post(%s, 'correction', 'EUR', NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
+        " %s::text[], %s::bigint[]) AS posted",
+        key,
+        accounts,
+        amounts,
+    )["posted"]
+    return found
+
+
+def test_ledger_post_is_held_to_the_tables_checks_like_any_writer(conn: psycopg.Connection[Any]) -> None:
+    """The function is the ledger's fast path, not a way around its rules: the tables' triggers and
+    CHECKs refuse what it writes exactly as they refuse a hand-written INSERT."""
+    seller = uuid.uuid4()
+    with pytest.raises(psycopg.errors.CheckViolation, match="not balanced: -1 EUR off"):
+        with conn.transaction():
+            call_ledger_post(conn, "k:fn-unbalanced", ["world", f"seller:{seller}:held"], [-5, 4])
+    with pytest.raises(psycopg.errors.CheckViolation, match="ledger_entries_account_check"):
+        with conn.transaction():
+            call_ledger_post(conn, "k:fn-bad-account", ["world", "seller:nobody:held"], [-5, 5])
+    assert row(conn, "SELECT count(*) AS n FROM ledger_transactions")["n"] == 0
+    assert row(conn, "SELECT count(*) AS n FROM seller_balances")["n"] == 0  # rolled back with it
+
+    with conn.transaction():
+        assert call_ledger_post(conn, "k:fn", ["world", f"seller:{seller}:held"], [-5, 5]) is True
+    with conn.transaction():  # the same key again, even with other entries: nothing is written
+        assert call_ledger_post(conn, "k:fn", ["world", f"seller:{seller}:held"], [-7, 7]) is False
+    assert row(conn, "SELECT held, balance FROM seller_balances WHERE seller_id = %s", seller) == {
+        "held": 5,
+        "balance": 5,
+    }
+    assert [r["amount"] for r in rows(conn, "SELECT amount FROM ledger_entries ORDER BY id")] == [-5, 5]
+
+
 # -- upgrading a database that round 2 filled ------------------------------------------------------
 
 
