@@ -14,7 +14,7 @@ or a race post it once. An account's balance is the sum of its entries; positive
 
 The functions below build each movement of DESIGN.md's "What posts what"; the state machines
 call `post` with one in the same transaction as their state change. `seller_balances` is this
-module's read model, grown by the same statement that posts.
+module's read model, grown by the same `ledger_post` call that posts (migrations/0020_ledger_post.sql).
 """
 
 from __future__ import annotations
