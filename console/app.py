@@ -479,7 +479,7 @@ async def mounted(settings: Settings) -> AsyncIterator[Mount]:
         # A page is a few index probes: one that takes seconds is a bug, not a reason to wait.
         kwargs={
             "connect_timeout": 5,
-            "prepare_threshold": db.PREPARE_THRESHOLD,
+            "prepare_threshold": db.NEVER_PREPARE,
             "options": "-c statement_timeout=5s -c lock_timeout=5s",
         },
         open=False,

@@ -322,7 +322,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             timeout=5,
             # autocommit: every statement the receiver runs is one statement, its own transaction,
             # committed (and flushed) when it returns: one round trip, not BEGIN, it, COMMIT.
-            kwargs={"connect_timeout": 5, "prepare_threshold": db.PREPARE_THRESHOLD, "autocommit": True},
+            kwargs={"connect_timeout": 5, "prepare_threshold": db.NEVER_PREPARE, "autocommit": True},
             open=False,
         )
         await pool.open(wait=False)

@@ -121,3 +121,33 @@ def test_the_receiver_and_a_worker_through_pgbouncer(
     assert results == sorted(["ok"] * 30 + ["skipped: order already completed"] * 30)
     assert len(rows(conn, "SELECT 1 FROM orders WHERE status = 'completed'")) == 30
     assert len(rows(conn, "SELECT 1 FROM licenses")) == 60
+
+
+def prepared_on(pool: Any, query: str, times: int) -> tuple[int | None, list[str]]:
+    """Run `query` `times` times on one of the pool's connections; its prepare threshold and the
+    statements that connection's server session holds prepared."""
+    with pool.connection() as conn:
+        for _ in range(times):
+            conn.execute(query).fetchone()
+        conn.commit()
+        held = [r[0] for r in conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()]
+        conn.commit()
+        return conn.prepare_threshold, held
+
+
+def test_the_worker_prepares_its_statements_only_when_it_reaches_postgres_directly(
+    pgbouncer: int, database_url: str
+) -> None:
+    query = "SELECT count(*) FROM orders WHERE status = 'completed'"
+    with db.make_pool(database_url, max_size=1) as direct:
+        threshold, held = prepared_on(direct, query, db.PREPARE_THRESHOLD + 1)
+    assert threshold == db.PREPARE_THRESHOLD
+    assert query in held  # planned once for this connection, not at every call
+
+    with db.make_pool(through(database_url, pgbouncer), max_size=1) as pooled:
+        with pooled.connection() as conn:
+            assert db.reaches_postgres_directly(conn) is False  # PgBouncer's own cancel key
+            conn.commit()
+        threshold, held = prepared_on(pooled, query, db.PREPARE_THRESHOLD + 1)
+    assert threshold is None
+    assert held == []  # a prepared statement would be unknown on PgBouncer's next server connection

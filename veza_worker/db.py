@@ -54,15 +54,37 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
 
 
-# No server-side prepared statements: behind PgBouncer in transaction pooling (1.18, Debian 12) a
-# statement prepared on one server connection is unknown on the next. Our queries are small; the
-# planning this costs is noise next to a round trip.
-PREPARE_THRESHOLD = None
+# Server-side prepared statements: a statement psycopg has run PREPARE_THRESHOLD times on a
+# connection is prepared there, so Postgres no longer parses and plans it at every call (a
+# completion's statements spent ~0.6 ms planning each time, pg_stat_statements; docs/benchmarks.md,
+# "The ledger on the hot path"). Safe only on a connection to Postgres itself: behind a pooler in
+# transaction pooling (PgBouncer 1.18, Debian 12) a statement prepared on one server connection is
+# unknown on the next. So every connection starts with them off (NEVER_PREPARE), and the worker's
+# pool turns them on for the connections that reach Postgres directly (prepare_if_direct).
+NEVER_PREPARE = None
+PREPARE_THRESHOLD = 5  # psycopg's default
+
+
+def reaches_postgres_directly(conn: Connection) -> bool:
+    """Whether no pooler stands between us and the server. A pooler answers a client's startup
+    with a cancel key of its own (it must route a cancel to whichever server runs the query, and
+    PgBouncer draws a random one); Postgres answers with its backend's process id. Only a direct
+    connection sees that id again from pg_backend_pid()."""
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    if not conn.autocommit:
+        conn.commit()  # leave it idle, as a pool's configure hook must
+    return row is not None and row[0] == conn.info.backend_pid
+
+
+def prepare_if_direct(conn: Connection) -> None:
+    """A pool's `configure` hook: prepared statements on a direct connection, never through a
+    pooler (in session pooling too: nothing tells the modes apart from here)."""
+    conn.prepare_threshold = PREPARE_THRESHOLD if reaches_postgres_directly(conn) else NEVER_PREPARE
 
 
 def connect(database_url: str, *, autocommit: bool = False) -> Connection:
     return psycopg.connect(
-        database_url, autocommit=autocommit, connect_timeout=5, prepare_threshold=PREPARE_THRESHOLD
+        database_url, autocommit=autocommit, connect_timeout=5, prepare_threshold=NEVER_PREPARE
     )
 
 
@@ -73,13 +95,15 @@ WORKER_SESSION = "-c lock_timeout=30s -c statement_timeout=60s"
 
 
 def make_pool(database_url: str, *, max_size: int) -> ConnectionPool[Connection]:
-    """A pool for a worker process; a dead database fails a checkout within 5 s."""
+    """A pool for a worker process; a dead database fails a checkout within 5 s. Its connections
+    prepare their statements when they reach Postgres directly (prepare_if_direct)."""
     return ConnectionPool(
         database_url,
         min_size=1,
         max_size=max_size,
         timeout=5,
-        kwargs={"connect_timeout": 5, "options": WORKER_SESSION, "prepare_threshold": PREPARE_THRESHOLD},
+        kwargs={"connect_timeout": 5, "options": WORKER_SESSION, "prepare_threshold": NEVER_PREPARE},
+        configure=prepare_if_direct,
         open=True,
     )
 
