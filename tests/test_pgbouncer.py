@@ -151,3 +151,30 @@ def test_the_worker_prepares_its_statements_only_when_it_reaches_postgres_direct
         threshold, held = prepared_on(pooled, query, db.PREPARE_THRESHOLD + 1)
     assert threshold is None
     assert held == []  # a prepared statement would be unknown on PgBouncer's next server connection
+
+
+def test_a_statement_a_migration_made_stale_is_retried_not_failed_for_good(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """A release's `migrate` runs while the old workers still hold prepared statements: one that a
+    migration changed under them fails once, and the retry (after the rollback) prepares afresh."""
+    conn.execute("CREATE TABLE stale_probe (x integer)")
+    conn.execute("INSERT INTO stale_probe VALUES (1)")
+    conn.commit()
+    query = "SELECT x FROM stale_probe"
+    try:
+        with db.make_pool(database_url, max_size=1) as pool, pool.connection() as worker_conn:
+            for _ in range(db.PREPARE_THRESHOLD + 1):
+                worker_conn.execute(query).fetchone()
+            worker_conn.commit()
+            conn.execute("ALTER TABLE stale_probe ALTER COLUMN x TYPE bigint")  # the migration
+            conn.commit()
+            with pytest.raises(psycopg.errors.FeatureNotSupported) as stale:
+                worker_conn.execute(query)
+            worker_conn.rollback()
+            assert db.is_transient(stale.value)  # retried by the worker, not ended `error: ...`
+            assert worker_conn.execute(query).fetchone() == (1,)
+            worker_conn.commit()
+    finally:
+        conn.execute("DROP TABLE stale_probe")
+        conn.commit()

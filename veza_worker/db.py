@@ -47,10 +47,16 @@ def one(conn: Connection, kind: type[Row], query: LiteralString, params: Mapping
 
 def is_transient(exc: BaseException) -> bool:
     """A database error a retry can cure: connection lost, pool exhausted, lock or statement
-    timeout, deadlock, serialization failure, resources. A value too large for an index
-    (ProgramLimitExceeded) fails the same way every time."""
+    timeout, deadlock, serialization failure, resources, or a prepared statement a migration made
+    stale (prepare_if_direct; the rollback drops the connection's prepared statements, so the
+    retry prepares afresh). A value too large for an index (ProgramLimitExceeded) fails the same
+    way every time."""
     if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
         return False
+    if isinstance(exc, psycopg.errors.InvalidSqlStatementName):  # "prepared statement … does not exist"
+        return True
+    if isinstance(exc, psycopg.errors.FeatureNotSupported) and "cached plan must not change" in str(exc):
+        return True
     return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
 
 
@@ -70,9 +76,8 @@ def reaches_postgres_directly(conn: Connection) -> bool:
     with a cancel key of its own (it must route a cancel to whichever server runs the query, and
     PgBouncer draws a random one); Postgres answers with its backend's process id. Only a direct
     connection sees that id again from pg_backend_pid()."""
-    row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    if not conn.autocommit:
-        conn.commit()  # leave it idle, as a pool's configure hook must
+    with conn.transaction():  # its own: a pool's configure hook must leave the connection idle
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
     return row is not None and row[0] == conn.info.backend_pid
 
 
