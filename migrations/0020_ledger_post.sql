@@ -1,8 +1,8 @@
 -- The ledger's one write, as a database function: ledger.post (veza_worker/ledger.py) calls it.
 --
--- Before this, a posting was one statement of four CTEs sent unprepared (statements are not
--- prepared: PgBouncer in transaction pooling, DESIGN.md), so Postgres parsed and planned it again
--- for every posting: 0.29 ms of planning a call in bench/worker, more than its execution. A
+-- Before this, a posting was one statement of four CTEs, and behind a pooler in transaction
+-- pooling our statements are not prepared (veza_worker/db.py), so Postgres parsed and planned it
+-- again for every posting: 0.29 ms of planning a call in bench/worker, more than its execution. A
 -- PL/pgSQL function keeps the plans of its statements for the life of the server connection,
 -- whichever client the pooler hands that connection to, so a posting is now planned once per
 -- connection. Measured with 16 connections posting at once (docs/benchmarks.md, "The ledger on
